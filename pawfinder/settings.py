@@ -44,9 +44,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="Default http://<host>:<mlflow_port>.")
     prefect_port: int = 4200
     ray_dashboard_port: int = 8265
+    ray_port: int = Field(6379, description="GCS port of the Ray head that `pawfinder stack up` starts.")
     ray_address: str | None = Field(None, description="Ray Jobs address; default http://<host>:<ray_dashboard_port>.")
     serve_port: int = 8000
     console_port: int = 8501
+    training_cron: str | None = Field(None, description="Cron schedule of the training deployment; none = manual.")
 
     # Serving
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)

@@ -25,3 +25,6 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         return
     for key, value in values.items():
         typer.echo(f"PAWFINDER_{key.upper()}={value}")
+
+
+from pawfinder.cli import stack  # noqa: E402, F401  (registers `pawfinder stack`)
