@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     # Serving
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="Larger images are rejected as decompression bombs.")
+    max_image_aspect_ratio: float = Field(20.0, gt=1, description="Longer/shorter side above this is rejected.")
+    serve_model_alias: str = Field("champion", description="Registry alias the serving app follows.")
+    serve_model_path: Path | None = Field(None, description="Serve this local .onnx file instead of the alias.")
+    serve_poll_interval_s: float = Field(30.0, gt=0, description="How often serving checks the alias for a new model.")
+    serve_max_batch_size: int = Field(16, ge=1, description="Dynamic batching: most images per ONNX Runtime call.")
+    serve_batch_wait_timeout_s: float = Field(0.004, ge=0, description="Dynamic batching: longest wait to fill one.")
+    serve_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per model replica; 0 = all CPUs.")
+    serve_model_replicas: int = Field(1, ge=1)
+    serve_model_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per model replica.")
+    serve_max_files: int = Field(16, ge=1, description="Most files in one /predict/batch request.")
+    serve_draft_size: int = Field(512, ge=64, description="JPEGs are decoded at reduced scale down to this size.")
+    serve_store_images: bool = Field(False, description="Keep uploaded images next to the prediction log.")
+    prediction_store_url: str | None = Field(None, description="Prediction log; default sqlite:///<home>/predictions.db.")
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
