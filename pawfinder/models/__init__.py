@@ -1,0 +1,1 @@
+"""Model building (backbones + PawNet) and ONNX export; needs the ``train`` extra (torch, timm, torchvision)."""
