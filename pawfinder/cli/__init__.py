@@ -27,4 +27,8 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         typer.echo(f"PAWFINDER_{key.upper()}={value}")
 
 
-from pawfinder.cli import stack  # noqa: E402, F401  (registers `pawfinder stack`)
+# Each area's module registers its commands on `app` when imported.
+from pawfinder.cli import (  # noqa: E402
+    models,  # noqa: F401  (registers `pawfinder models`)
+    stack,  # noqa: F401  (registers `pawfinder stack`)
+)

@@ -20,6 +20,7 @@ from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from pawfinder.breeds import NUM_CLASSES
 from pawfinder.preprocessing.spec import PreprocessSpec
+from pawfinder.settings import Settings
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -175,6 +176,11 @@ def get_backbone(name: str) -> Backbone:
 def default_spec(backbone: str) -> PreprocessSpec:
     """The eval preprocessing the backbone's ImageNet weights were trained with."""
     return get_backbone(backbone).spec
+
+
+def configured_weights(settings: Settings, backbone: str) -> Path | None:
+    """The local weights file the settings name for ``backbone`` (only MobileNetV2 has one), else ``None``."""
+    return settings.mobilenet_v2_weights if get_backbone(backbone).name == "mobilenet_v2" else None
 
 
 def imagenet_model(backbone: str = DEFAULT_BACKBONE, *, weights_path: Path | None = None) -> nn.Module:
