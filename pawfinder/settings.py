@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     backbone: str = "efficientnet_lite0"
     mobilenet_v2_weights: Path | None = Field(None, description="Local torchvision MobileNetV2 ImageNet weights file.")
     model_name: str = "pawfinder"
+    promotion_tolerance: float = Field(0.005, ge=0, le=1, description="Promote gate: allowed test top-1 drop.")
 
     # Services (loopback by default)
     host: str = LOOPBACK

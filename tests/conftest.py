@@ -114,3 +114,20 @@ def ray_instance() -> Iterator[dict[str, str]]:
         yield {"address": context.address_info["gcs_address"], "dashboard": dashboard}
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init MobileNetV2 PawNet (37 classes) exported with its metadata at 64x64 input: small and fast."""
+    import torch
+
+    from pawfinder.models.backbones import build_model
+    from pawfinder.models.onnx_export import export_onnx, metadata_for
+    from pawfinder.preprocessing.spec import PreprocessSpec
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", pretrained=False)
+    metadata = metadata_for(model, "pawfinder", temperature=1.5)
+    spec = PreprocessSpec(**{**metadata.preprocessing.model_dump(), "resize_size": 72, "crop_size": 64})
+    metadata = metadata.model_copy(update={"preprocessing": spec})
+    return export_onnx(model, tmp_path_factory.mktemp("tiny-onnx") / "model.onnx", metadata)

@@ -30,6 +30,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 # Each area's module registers its commands on `app` when imported.
 from pawfinder.cli import (  # noqa: E402
     data,  # noqa: F401  (registers `pawfinder data`)
+    model,  # noqa: F401  (registers `pawfinder evaluate|promote|rollback|registry`)
     models,  # noqa: F401  (registers `pawfinder models`)
     stack,  # noqa: F401  (registers `pawfinder stack`)
 )
