@@ -23,7 +23,7 @@ from pawfinder.data.download import (
     OfflineError,
     UnsafeArchiveError,
     dataset_present,
-    download_dataset,
+    download,
     fetch_archive,
     safe_extract,
 )
@@ -111,7 +111,7 @@ def test_downloads_extracts_and_then_skips(tmp_path: Path, server: ArchiveServer
     specs = tuple(_spec(name, data) for name, data in archives.items())
     settings = _settings(tmp_path, server.url)
 
-    report = download_dataset(settings, archives=specs)
+    report = download(settings, archives=specs)
     assert not report.skipped
     assert report.extracted == ["images.tar.gz", "annotations.tar.gz"]
     assert dataset_present(DatasetLayout(settings.dataset_dir))
@@ -119,7 +119,7 @@ def test_downloads_extracts_and_then_skips(tmp_path: Path, server: ArchiveServer
     assert not list(settings.dataset_dir.glob(".extracting-*"))
 
     requests = len(server.ranges)
-    assert download_dataset(settings, archives=specs).skipped
+    assert download(settings, archives=specs).skipped
     assert len(server.ranges) == requests  # nothing fetched the second time
 
 
@@ -194,7 +194,7 @@ def test_download_rejects_traversal_archive_from_server(tmp_path: Path, server: 
     server.files = {"/pets/annotations.tar.gz": data}
     settings = _settings(tmp_path, server.url)
     with pytest.raises(UnsafeArchiveError):
-        download_dataset(settings, archives=(_spec("annotations.tar.gz", data),))
+        download(settings, archives=(_spec("annotations.tar.gz", data),))
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
@@ -202,4 +202,4 @@ def test_offline_gives_the_clear_message(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/pets"
     settings = _settings(tmp_path, closed, closed + "/mirror")
     with pytest.raises(OfflineError, match=OFFLINE_MESSAGE):
-        download_dataset(settings, archives=(Archive("images.tar.gz", "0" * 32),))
+        download(settings, archives=(Archive("images.tar.gz", "0" * 32),))

@@ -8,8 +8,8 @@ from typing import NoReturn
 import typer
 
 from pawfinder.cli import app
+from pawfinder.data import download as data_download
 from pawfinder.data.annotations import AnnotationError
-from pawfinder.data.download import DownloadError, OfflineError, download_dataset
 from pawfinder.data.stats import dataset_stats
 from pawfinder.data.verify import verify_dataset
 from pawfinder.settings import Settings
@@ -42,10 +42,10 @@ def download(
     """
     settings = Settings()
     try:
-        report = download_dataset(settings, force=force, show_progress=progress)
-    except OfflineError as err:
+        report = data_download.download(settings, force=force, show_progress=progress)
+    except data_download.OfflineError as err:
         _fail(str(err), code=2)
-    except DownloadError as err:
+    except data_download.DownloadError as err:
         _fail(str(err))
     if report.skipped:
         typer.echo(f"dataset already complete in {report.dataset_dir}: nothing to download (--force to fetch again)")

@@ -74,7 +74,7 @@ def dataset_present(layout: DatasetLayout) -> bool:
     return all(layout.image_path(a.image).is_file() for a in annotated)
 
 
-def download_dataset(
+def download(
     settings: Settings,
     *,
     archives: tuple[Archive, ...] = OFFICIAL_ARCHIVES,
