@@ -114,7 +114,7 @@ def resolve(name: str, alias: str, *, client: MlflowClient) -> ModelVersion | No
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
-        if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+        if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             return None
         raise
 

@@ -193,6 +193,7 @@ def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
                 "version": v.version,
                 "aliases": v.aliases,
                 "test_top1": gate_metric(v, client=client),
+                "val_top1": gate_metric(v, client=client, key="val_top1"),
                 "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
                 "run_id": v.run_id,
                 "tags": v.tags,
@@ -205,12 +206,14 @@ def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     if not rows:
         typer.echo(f"no versions of {settings.model_name!r} at {settings.mlflow_tracking_uri}: train one first")
         return
-    typer.echo(f"{'version':>7}  {'aliases':<22} {'test_top1':>9}  {'created (UTC)':<25} promoted")
+    typer.echo(f"{'version':>7}  {'aliases':<22} {'test_top1':>9} {'val_top1':>9}  {'created (UTC)':<25} promoted")
     for row in rows:
-        top1 = "-" if row["test_top1"] is None else f"{row['test_top1']:.4f}"
+        top1 = {key: "-" if row[key] is None else f"{row[key]:.4f}" for key in ("test_top1", "val_top1")}
         promoted = " ".join(
             f"{key}={row['tags'][key]}" for key in ("promoted_at", "promotion_gate") if key in row["tags"]
         )
+        aliases = ",".join(row["aliases"]) or "-"
         typer.echo(
-            f"{row['version']:>7}  {','.join(row['aliases']) or '-':<22} {top1:>9}  {row['created']:<25} {promoted}"
+            f"{row['version']:>7}  {aliases:<22} {top1['test_top1']:>9} {top1['val_top1']:>9}  {row['created']:<25} "
+            f"{promoted}"
         )
