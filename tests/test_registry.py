@@ -251,3 +251,19 @@ def test_cli_unknown_version_and_alias(logged: Logged, client: MlflowClient, nam
     assert no_challenger.exit_code == 1 and "no 'challenger' version" in no_challenger.stderr
     no_champion = runner.invoke(app, ["evaluate", "--model-uri", f"models:/{name}@champion", "--json"])
     assert no_champion.exit_code == 1 and "pawfinder registry list" in no_champion.stderr
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_cli_evaluate_a_local_file_logs_a_new_evaluation_run(
+    client: MlflowClient, tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    dataset = make_tiny_dataset(tmp_path / "pets", breeds=("Bengal", "boxer"), per_breed=1, test_per_breed=2)
+    args = ["evaluate", "--model-uri", str(tiny_onnx_model), "--data-dir", str(dataset), "--json", "--log-to-mlflow"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_id = result.stderr.strip().rsplit(" ", 1)[-1]
+    run = client.get_run(run_id)
+    assert run.data.metrics["test_top1"] == pytest.approx(json.loads(result.stdout)["top1"])
+    assert run.data.metrics["test_n"] == 4 and "test_top1_original" in run.data.metrics
+    assert run.data.tags["model_uri"] == str(tiny_onnx_model.resolve())
+    assert "evaluation/test.json" in [a.path for a in client.list_artifacts(run_id, "evaluation")]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -88,7 +89,7 @@ def evaluate(
     settings = Settings()
     uri = model_uri or f"models:/{settings.model_name}@champion"
     folder = data_dir or settings.dataset_dir
-    with _fail_cleanly():
+    with _fail_cleanly(), redirect_stdout(sys.stderr):  # libraries' chatter must not mix with the report
         is_local = Path(uri).expanduser().exists()
         client = None if is_local and not log_to_mlflow else _client(settings)
         model, ref = load_model(uri, tracking_uri=settings.mlflow_tracking_uri)
