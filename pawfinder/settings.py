@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     console_port: int = 8501
     training_cron: str | None = Field(None, description="Cron schedule of the training deployment; none = manual.")
+    ray_job_python: str = Field("python", description="Interpreter that runs Ray job entrypoints on the cluster.")
 
     # Serving
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
