@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 REPORT_KEYS = ("top1", "top5", "n", "ece", "macro_f1", "per_breed", "per_variant", "model")
 EVALUATION_EXPERIMENT = "pawfinder-evaluation"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+_LOGGED_MODEL_URI = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]+)/?$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
@@ -254,7 +255,8 @@ def smoke_check(model: OnnxClassifier) -> None:
 def load_model(model_uri: str, *, tracking_uri: str | None = None) -> tuple[OnnxClassifier, ModelRef]:
     """Load an ONNX model from a local ``.onnx`` file or folder, or from MLflow.
 
-    MLflow URIs: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>`` or anything
+    MLflow URIs: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``models:/<model_id>`` (a logged model),
+    ``runs:/<run_id>/<path>`` or anything
     ``mlflow.artifacts.download_artifacts`` accepts; the downloaded folder must hold exactly one ``*.onnx`` file.
     """
     local = Path(model_uri).expanduser()
@@ -263,35 +265,41 @@ def load_model(model_uri: str, *, tracking_uri: str | None = None) -> tuple[Onnx
         return model, ModelRef(name=model.metadata.name, uri=str(local.resolve()))
     if not _URI_SCHEME.match(model_uri):
         raise ModelLoadError(f"{model_uri} is neither an existing .onnx file or folder nor a models:/ or runs:/ URI")
-    ref = _model_ref(model_uri, tracking_uri)
-    download_uri = f"models:/{ref.name}/{ref.version}" if ref.version else model_uri
+    ref, download_uri = _resolve(model_uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pawfinder-model-") as folder:
         model = OnnxClassifier.from_path(_download(download_uri, folder, tracking_uri))
     return model, ModelRef(name=ref.name or model.metadata.name, version=ref.version, run_id=ref.run_id, uri=model_uri)
 
 
-def _model_ref(model_uri: str, tracking_uri: str | None) -> ModelRef:
-    """Name, version and source run of a registry URI (an alias is resolved once, so download and report agree)."""
+def _resolve(model_uri: str, tracking_uri: str | None) -> tuple[ModelRef, str]:
+    """Identity of the model behind ``model_uri`` and a direct artifact URI to download it from.
+
+    ``models:/`` URIs are resolved here because MLflow's downloader resolves them against the process-wide registry
+    URI, ignoring the one passed; an alias is resolved once, so the download and the report agree.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     if runs := _RUNS_URI.match(model_uri):
-        return ModelRef(name="", run_id=runs["run_id"], uri=model_uri)
-    models = _MODELS_URI.match(model_uri)
-    if not models:
-        return ModelRef(name="", uri=model_uri)
+        return ModelRef(name="", run_id=runs["run_id"], uri=model_uri), model_uri
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        if models["alias"]:
-            version = client.get_model_version_by_alias(models["name"], models["alias"])
-        else:
-            version = client.get_model_version(models["name"], models["version"])
+        if logged := _LOGGED_MODEL_URI.match(model_uri):
+            logged_model = client.get_logged_model(logged["model_id"])
+            return ModelRef(name="", run_id=logged_model.source_run_id, uri=model_uri), logged_model.artifact_location
+        if models := _MODELS_URI.match(model_uri):
+            if models["alias"]:
+                version = client.get_model_version_by_alias(models["name"], models["alias"])
+            else:
+                version = client.get_model_version(models["name"], models["version"])
+            ref = ModelRef(name=version.name, version=version.version, run_id=version.run_id, uri=model_uri)
+            return ref, client.get_model_version_download_uri(version.name, version.version)
     except MlflowException as err:
         raise ModelLoadError(
             f"{model_uri} is not in the registry at {tracking_uri} ({err.message}); "
             "list versions and aliases with `pawfinder registry list`"
         ) from err
-    return ModelRef(name=version.name, version=version.version, run_id=version.run_id, uri=model_uri)
+    return ModelRef(name="", uri=model_uri), model_uri
 
 
 def _download(uri: str, folder: str, tracking_uri: str | None) -> Path:

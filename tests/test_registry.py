@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,18 +43,22 @@ class Logged:
     broken_run: str
 
 
-def _log(model: onnx.ModelProto, experiment_id: str, metrics: dict[str, float]) -> tuple[str, str]:
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        info = mlflow.onnx.log_model(model, name="model", save_as_external_data=False)
-        mlflow.log_metrics(metrics)
+def _log(
+    model: onnx.ModelProto, client: MlflowClient, experiment_id: str, metrics: dict[str, float]
+) -> tuple[str, str]:
+    """Log like the training job does. Only here is MLflow's process-wide tracking URI set: the code under test must
+    work without it (MLflow resolves some URIs against it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            info = mlflow.onnx.log_model(model, name="model", save_as_external_data=False)
+            mlflow.log_metrics(metrics)
     return info.model_uri, run.info.run_id
 
 
 @pytest.fixture(scope="module")
-def client(mlflow_server: str) -> Iterator[MlflowClient]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        yield MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+def client(mlflow_server: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +67,8 @@ def logged(client: MlflowClient, tiny_onnx_model: Path) -> Logged:
     good = onnx.load(tiny_onnx_model)
     broken = onnx.load(tiny_onnx_model)
     broken.ClearField("metadata_props")
-    good_uri, good_run = _log(good, experiment_id, {})
-    broken_uri, broken_run = _log(broken, experiment_id, {"test_top1": 0.42})
+    good_uri, good_run = _log(good, client, experiment_id, {})
+    broken_uri, broken_run = _log(broken, client, experiment_id, {"test_top1": 0.42})
     return Logged(good_uri, good_run, broken_uri, broken_run)
 
 
@@ -158,7 +161,7 @@ def test_missing_metric_is_computed_by_the_evaluator(
     client: MlflowClient, tiny_onnx_model: Path, tmp_path: Path, name: str
 ) -> None:
     experiment_id = client.create_experiment(f"evaluator-{name}")
-    uri, run_id = _log(onnx.load(tiny_onnx_model), experiment_id, {})
+    uri, run_id = _log(onnx.load(tiny_onnx_model), client, experiment_id, {})
     register(uri, name, {"test_top1": 0.0}, client=client)
     promote(name, client=client)
     register(uri, name, client=client)
