@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     serve_model_replicas: int = Field(1, ge=1)
     serve_model_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per model replica.")
     serve_max_files: int = Field(16, ge=1, description="Most files in one /predict/batch request.")
+    serve_max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests per API replica.")
     serve_draft_size: int = Field(512, ge=64, description="JPEGs are decoded at reduced scale down to this size.")
     serve_store_images: bool = Field(False, description="Keep uploaded images next to the prediction log.")
     prediction_store_url: str | None = Field(None, description="Prediction log; default sqlite:///<home>/predictions.db.")

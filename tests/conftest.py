@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -67,7 +68,13 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking + registry server (SQLite backend, local artifact store). Yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow")
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+@contextmanager
+def run_mlflow_server(root: Path) -> Iterator[str]:
+    """Run an MLflow server with its state under ``root`` for the ``with`` block (for tests that stop it early)."""
     port = free_port()
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(

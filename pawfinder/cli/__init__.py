@@ -32,5 +32,6 @@ from pawfinder.cli import (  # noqa: E402
     data,  # noqa: F401  (registers `pawfinder data`)
     model,  # noqa: F401  (registers `pawfinder evaluate|promote|rollback|registry`)
     models,  # noqa: F401  (registers `pawfinder models`)
+    serve,  # noqa: F401  (registers `pawfinder serve`)
     stack,  # noqa: F401  (registers `pawfinder stack`)
 )
