@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,26 @@ class RayJobResult:
 
     submission_id: str
     logs: str
+
+
+def _fresh_package(runtime_env: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Zip a local working_dir into a package unique to this submission.
+
+    Ray names packages by content and skips the upload when one of that name exists; but a package whose last job
+    just ended is garbage-collected moments later, and the new job then fails to set up its actors (ray-project/ray
+    #36703, #46625) — e.g. when a failed training is retried. A per-submission marker file makes every upload fresh.
+    """
+    working_dir = runtime_env.get("working_dir")
+    if not working_dir or not Path(working_dir).is_dir():
+        return runtime_env
+    from ray._private.runtime_env.packaging import create_package
+
+    package = folder / "working_dir.zip"
+    create_package(str(working_dir), package, include_gitignore=True, excludes=runtime_env.get("excludes", []))
+    with zipfile.ZipFile(package, "a") as archive:
+        archive.writestr(".submission", uuid.uuid4().hex)
+    fresh = {key: value for key, value in runtime_env.items() if key != "excludes"}
+    return {**fresh, "working_dir": str(package)}
 
 
 def _submit(client: Any, entrypoint: str, runtime_env: dict[str, Any], metadata: dict[str, str]) -> str:
@@ -61,10 +84,14 @@ def run_ray_job(
     loop). Raises ``RayJobFailed`` with Ray's message and the log's last lines when the job fails or is stopped; if
     the caller is interrupted, the job is stopped rather than left running.
     """
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    # As Ray's own CLI does: send the local token (~/.ray/auth_token, RAY_AUTH_TOKEN) when RAY_AUTH_MODE is unset.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     client = JobSubmissionClient(address)
-    submission_id = _submit(client, entrypoint, runtime_env, metadata or {})
+    with tempfile.TemporaryDirectory(prefix="pawfinder-job-") as folder:
+        submission_id = _submit(client, entrypoint, _fresh_package(runtime_env, Path(folder)), metadata or {})
     log(f"Submitted Ray job {submission_id} to {address}: {entrypoint}")
     emitted = 0
     logs = ""

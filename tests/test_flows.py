@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
@@ -22,7 +23,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.ray_job import RayJobFailed, run_ray_job
+from flows.ray_job import RayJobFailed, _fresh_package, project_runtime_env, run_ray_job
 from flows.training import FLOW_RUN_TAG, _prepare_cache_key, job_env, train_command, training_pipeline
 from pawfinder.settings import Settings
 
@@ -158,3 +159,23 @@ def test_prepare_is_cached_only_while_manifest_and_folders_are_untouched(tiny_da
     assert key is not None and key == _prepare_cache_key(None, {"settings": tiny_data})
     (tiny_data.dataset_dir / "images" / "extra.jpg").write_bytes(b"")
     assert _prepare_cache_key(None, {"settings": tiny_data}) != key
+
+
+def test_each_submission_uploads_a_fresh_package_without_local_state(tmp_path: Path) -> None:
+    from ray._private.runtime_env.packaging import get_uri_for_package
+
+    code = tmp_path / "code"
+    (code / "ray_jobs").mkdir(parents=True)
+    (code / "ray_jobs" / "train.py").write_text("print('train')\n")
+    (code / ".venv").mkdir()
+    (code / ".venv" / "huge.bin").write_bytes(b"0" * 1000)
+    runtime_env = project_runtime_env({"A": "1"}, code)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = _fresh_package(runtime_env, tmp_path / "one")
+    second = _fresh_package(runtime_env, tmp_path / "two")
+    assert first["env_vars"] == {"A": "1"} and "excludes" not in first
+    assert get_uri_for_package(Path(first["working_dir"])) != get_uri_for_package(Path(second["working_dir"]))
+    with zipfile.ZipFile(first["working_dir"]) as archive:
+        names = set(archive.namelist())
+    assert "ray_jobs/train.py" in names and not any(name.startswith(".venv") for name in names)

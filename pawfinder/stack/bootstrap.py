@@ -17,16 +17,10 @@ class BootstrapError(RuntimeError):
 
 def champion_version(settings: Settings) -> str | None:
     """The version of the registered model that holds alias ``champion``, or ``None``."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from pawfinder.registry import CHAMPION, registry_client, resolve
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
-    try:
-        return client.get_model_version_by_alias(settings.model_name, "champion").version
-    except MlflowException as error:
-        if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
-            return None
-        raise
+    version = resolve(settings.model_name, CHAMPION, client=registry_client(settings))
+    return version.version if version else None
 
 
 def ensure_champion(settings: Settings, *, echo: Echo, profile: str = "quick") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -38,6 +39,13 @@ def ray_temp_dir(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / f"pawfinder-ray-{digest}"
 
 
+def ray_num_cpus(settings: Settings) -> int:
+    """Logical CPUs of the stack's Ray head: the machine's, plus what the Serve replicas reserve (model replicas and
+    one for the API), so that a training job submitted while the API is up can still get every core."""
+    serve_cpus = math.ceil(settings.serve_model_cpus * settings.serve_model_replicas) + 1
+    return (os.cpu_count() or 1) + serve_cpus
+
+
 def stack_env(settings: Settings) -> dict[str, str]:
     """Environment shared by every service and by the bootstrap training run: absolute paths, service URLs."""
     home = settings.home.resolve()
@@ -53,6 +61,10 @@ def stack_env(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        # Lets every process of the stack, Ray's own workers included, find this cluster even when other Ray
+        # instances run on the machine ("auto" discovery refuses to choose between several).
+        "RAY_ADDRESS": f"{settings.host}:{settings.ray_port}",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
     }
@@ -98,6 +110,9 @@ def stack_services(settings: Settings) -> list[ServiceSpec]:
                 "--node-ip-address", host, "--port", str(settings.ray_port),
                 "--dashboard-host", host, "--dashboard-port", str(settings.ray_dashboard_port),
                 "--temp-dir", str(ray_temp_dir(settings)), "--disable-usage-stats",
+                "--num-cpus", str(ray_num_cpus(settings)),
+                # 0 = any free port: the fixed default (52365) collides with other Ray instances on the machine.
+                "--dashboard-agent-listen-port", "0",
             ],
             url=dashboard_url,
             host=host,
@@ -124,7 +139,7 @@ def stack_services(settings: Settings) -> list[ServiceSpec]:
                 host=host,
                 port=settings.serve_port,
                 health=lambda: http_ok(f"{serve_url}/readyz"),
-                env={**env, "RAY_ADDRESS": f"{host}:{settings.ray_port}"},
+                env=env,
                 cwd=PROJECT_ROOT,
                 startup_timeout=300.0,
                 needs_model=True,
