@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,13 +86,15 @@ def run_mlflow_server(root: Path) -> Iterator[str]:
             "--artifacts-destination", str(root / "artifacts"),
         ],
         stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers
+        start_new_session=True,  # its own process group: stopping it stops its uvicorn workers too
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", timeout=120)
         yield uri
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
 
