@@ -1,0 +1,136 @@
+"""One epoch of training or evaluation, data-parallel aware: metrics are summed over all workers."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Loss and top-1 over all workers' images of one pass, and its throughput."""
+
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sum_over_workers(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all workers (identity on a single worker)."""
+    if world()[1] == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Average the gradients of ``module`` over workers (for modules trained outside DDP, e.g. the stage-1 head)."""
+    size = world()[1]
+    if size == 1:
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= size
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, floor: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up to the optimizer's learning rate, then cosine decay to ``floor`` of it."""
+    factor = functools.partial(warmup_cosine_factor, total_steps=total_steps, warmup_steps=warmup_steps, floor=floor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, floor: float = 0.01) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up to 1, then cosine decay to ``floor``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+) -> EpochStats:
+    """One optimisation pass; the scheduler steps every batch. On GPU the forward runs in bfloat16 autocast."""
+    model.train()
+    start = time.perf_counter()
+    loss_sum = correct = count = 0.0
+    for images, targets in batches:
+        images, targets = _to_device(images, device, channels_last), targets.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(images)
+            loss = criterion(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        count += len(targets)
+    return _stats(loss_sum, correct, count, time.perf_counter() - start, device)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Batches, criterion: nn.Module, device: torch.device, *, channels_last: bool = False
+) -> EpochStats:
+    """Loss and top-1 of ``model`` in eval mode over this worker's ``batches``, summed over workers."""
+    model.eval()
+    start = time.perf_counter()
+    loss_sum = correct = count = 0.0
+    for images, targets in batches:
+        images, targets = _to_device(images, device, channels_last), targets.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(images).float()
+        loss_sum += criterion(logits, targets).item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        count += len(targets)
+    return _stats(loss_sum, correct, count, time.perf_counter() - start, device)
+
+
+def _stats(loss_sum: float, correct: float, count: float, seconds: float, device: torch.device) -> EpochStats:
+    loss_sum, correct, count = sum_over_workers([loss_sum, correct, count], device)
+    if count == 0:
+        raise ValueError("no images in this pass: the split is empty or smaller than the number of workers")
+    return EpochStats(loss=loss_sum / count, accuracy=correct / count, images=int(count), seconds=seconds)
