@@ -246,31 +246,33 @@ def open_prediction_store(settings: Settings) -> PredictionStore:
 class BackgroundWriter:
     """Appends records to a store from a daemon thread, in batches, so that callers never wait on the disk.
 
-    ``submit`` only enqueues. ``flush`` waits until everything submitted so far is committed; ``close`` flushes and
-    stops the thread (call it on shutdown: nothing queued is lost on a clean stop).
+    ``submit`` only enqueues (it never blocks). ``flush`` waits until everything submitted before it is committed;
+    ``close`` flushes and stops the thread (call it on shutdown: nothing queued is lost on a clean stop).
     """
 
     def __init__(self, store: PredictionStore, *, max_batch: int = 256, max_queue: int = 10_000) -> None:
         self.store = store
         self.max_batch = max_batch
         self.dropped = 0
-        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[PredictionRecord | threading.Event | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="prediction-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, record: PredictionRecord, *, timeout: float = 0.5) -> bool:
-        """Queue ``record``; if the queue stays full for ``timeout`` seconds the record is dropped (and counted)."""
+    def submit(self, record: PredictionRecord) -> bool:
+        """Queue ``record``; when ``max_queue`` records are already waiting it is dropped (counted and logged)."""
         try:
-            self._queue.put(record, timeout=timeout)
+            self._queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
             logger.error("prediction log queue is full; dropped prediction %s", record.prediction_id)
             return False
         return True
 
-    def flush(self) -> None:
-        """Block until every record submitted before this call is committed (or failed and was logged)."""
-        self._queue.join()
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record submitted before this call is committed (or failed and was logged)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
 
     def close(self) -> None:
         """Flush, stop the writer thread and close the store."""
@@ -280,22 +282,21 @@ class BackgroundWriter:
         self.store.close()
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            batch = [first]
-            while first is not None and len(batch) < self.max_batch:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            records = [record for record in batch if record is not None]
+            records = [item for item in batch if isinstance(item, PredictionRecord)]
             try:
                 if records:
                     self.store.append(records)
             except Exception:  # a failing disk must not kill serving; the error is logged with the lost ids
                 logger.exception("could not log %d predictions: %s", len(records), [r.prediction_id for r in records])
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if len(records) < len(batch):
-                return
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+                stopping = stopping or item is None

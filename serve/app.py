@@ -25,6 +25,8 @@ from serve.runtime import ModelAnswer, ModelNotReadyError, ModelRuntime
 
 logger = logging.getLogger(__name__)
 
+CONCURRENT_BATCHES = 2
+
 
 @serve.deployment(name="BreedClassifier")
 class BreedClassifier:
@@ -46,7 +48,9 @@ class BreedClassifier:
         self._classify.set_max_batch_size(settings.serve_max_batch_size)
         self._classify.set_batch_wait_timeout_s(settings.serve_batch_wait_timeout_s)
 
-    @serve.batch
+    # Batch size and wait come from settings (set above). Two batches in flight let one session use two cores
+    # (runs are thread-safe) while each run stays single-threaded: no spinning thread pool fighting for CPUs.
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _classify(self, images: list[Image.Image], top_ks: list[int]) -> list[ModelAnswer]:
         return await asyncio.to_thread(self.runtime.predict, images, top_ks)
 
@@ -102,12 +106,27 @@ def _absolute_paths(settings: Settings) -> Settings:
 def pawfinder_app(settings: Settings) -> serve.Application:
     """The application graph, sized from ``settings``."""
     settings = _absolute_paths(settings)
+    logging_config = {"enable_access_log": settings.serve_access_log}
     classifier = BreedClassifier.options(
         num_replicas=settings.serve_model_replicas,
-        max_ongoing_requests=2 * settings.serve_max_batch_size,
+        max_ongoing_requests=2 * CONCURRENT_BATCHES * settings.serve_max_batch_size,
         ray_actor_options={"num_cpus": settings.serve_model_cpus},
+        logging_config=logging_config,
     ).bind(settings)
-    return PawFinderAPI.options(max_ongoing_requests=settings.serve_max_ongoing_requests).bind(classifier, settings)
+    return PawFinderAPI.options(
+        max_ongoing_requests=settings.serve_max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.serve_api_cpus},
+        logging_config=logging_config,
+    ).bind(classifier, settings)
+
+
+def start_serve(settings: Settings) -> None:
+    """Start Ray Serve's proxy on ``settings.host:settings.serve_port`` (127.0.0.1 by default) on the connected Ray."""
+    serve.start(
+        http_options={"host": settings.host, "port": settings.serve_port},
+        proxy_location="HeadOnly",
+        logging_config={"enable_access_log": settings.serve_access_log},
+    )
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -73,7 +73,7 @@ def service(
 ) -> Iterator[Service]:
     from ray import serve
 
-    from serve.app import pawfinder_app
+    from serve.app import pawfinder_app, start_serve
 
     stop_mlflow = threading.Event()
     mlflow_ready: dict[str, str] = {}
@@ -103,7 +103,7 @@ def service(
         max_upload_bytes=MAX_UPLOAD,
         max_image_pixels=4_000_000,
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve(settings)
     serve.run(pawfinder_app(settings), name="pawfinder", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -456,13 +456,20 @@ def test_mlflow_outage_keeps_serving_and_restarting(service: Service) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.3)
     time.sleep(2 * service.settings.serve_poll_interval_s)  # the follower has met the outage
+    answered = []
     for _ in range(5):
         response = _post_photo(service.url, PHOTO.read_bytes())
         assert response.status_code == 200, response.text
         assert response.json()["model"]["version"] == "2"
+        answered.append(response.json()["prediction_id"])
 
-    # A fresh deployment starts from the local copy while MLflow is still down.
+    # A clean stop flushes the prediction log; a fresh deployment starts from the local copy while MLflow is down.
     serve.delete("pawfinder")
+    store = open_prediction_store(service.settings)
+    try:
+        assert set(answered) <= set(store.predictions()["prediction_id"])
+    finally:
+        store.close()
     serve.run(pawfinder_app(service.settings), name="pawfinder", route_prefix="/")
     wait_http(f"{service.url}/readyz", timeout=120)
     assert httpx.get(f"{service.url}/readyz").json()["model"]["version"] == "2"

@@ -31,7 +31,7 @@ def serve_command(
     import ray
     from ray import serve
 
-    from serve.app import pawfinder_app
+    from serve.app import pawfinder_app, start_serve
 
     if ray_address:
         ray.init(address=ray_address, _node_ip_address=LOOPBACK, log_to_driver=False)
@@ -50,7 +50,7 @@ def serve_command(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.serve_port}, proxy_location="HeadOnly")
+        start_serve(settings)
         serve.run(pawfinder_app(settings), name="pawfinder", route_prefix="/")
         typer.echo(f"PawFinder API on http://{settings.host}:{settings.serve_port} (docs at /docs); Ctrl-C stops it")
         stop.wait()
