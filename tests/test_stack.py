@@ -20,8 +20,14 @@ from pawfinder.stack import lifecycle
 from pawfinder.stack.processes import ProcessManager, ServiceError, ServiceSpec, http_ok
 from pawfinder.stack.services import stack_services
 
-# A service that leaves a grandchild in its process group: down must stop that too.
-SPAWNER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"  # noqa: E501
+# A service with two children: one in its process group, one in a session of its own (as Ray's workers are).
+SPAWNER = """
+import subprocess, sys, time
+sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+subprocess.Popen(sleeper)
+subprocess.Popen(sleeper, start_new_session=True)
+time.sleep(300)
+"""
 
 
 def _http_service(name: str, port: int, tmp_path: Path, **kwargs) -> ServiceSpec:
@@ -59,6 +65,18 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
 @pytest.fixture
 def manager(tmp_path: Path) -> ProcessManager:
     return ProcessManager(run_dir=tmp_path / "run", log_dir=tmp_path / "logs")
@@ -85,10 +103,10 @@ def test_up_status_reuse_down_stops_exactly_ours(manager: ProcessManager, tmp_pa
         assert Path(record["log"]).exists()
         spawner_pid = statuses[1].pid
         deadline = time.monotonic() + 10
-        while len(_group_pids(spawner_pid)) < 2 and time.monotonic() < deadline:
+        while len(_children(spawner_pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        group = _group_pids(spawner_pid)
-        assert len(group) == 2, group  # the spawner and its grandchild
+        children = _children(spawner_pid)
+        assert len(children) == 2 and len(_group_pids(spawner_pid)) == 2, children  # one child left the group
 
         again = lifecycle.up(manager, services, echo=calls.append, ensure_model=lambda: calls.append("MODEL"))
         assert [s.pid for s in again] == [s.pid for s in statuses]
@@ -99,7 +117,7 @@ def test_up_status_reuse_down_stops_exactly_ours(manager: ProcessManager, tmp_pa
 
         stopped = lifecycle.down(manager, services, echo=calls.append)
         assert stopped == ["web-b", "spawner", "web-a"]
-        for pid in [*(s.pid for s in statuses), *group]:
+        for pid in [*(s.pid for s in statuses), *children]:
             assert not _alive(pid), pid
         assert not http_ok(f"http://127.0.0.1:{web_a}/", timeout=0.5)
         assert stranger.poll() is None  # a process we did not start is untouched

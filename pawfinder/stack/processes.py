@@ -88,13 +88,14 @@ class ServiceStatus:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """The process start time in clock ticks since boot (Linux ``/proc``), or ``None`` where unavailable."""
+    """The process start time in clock ticks since boot (Linux ``/proc``); ``None`` for a zombie or without /proc."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its closing parenthesis.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def _group_alive(pgid: int) -> bool:
@@ -105,6 +106,52 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:  # the group exists but is not ours: treat as alive, never signal it
         return True
     return True
+
+
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent pid, process group, start ticks) of every live process (Linux ``/proc``; else empty)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+    return table
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _descendants(pgid: int) -> dict[int, int]:
+    """pid -> start ticks of every live process descended from a member of process group ``pgid``."""
+    table = _proc_table()
+    found = {pid for pid, (_, group, _) in table.items() if group == pgid}
+    frontier = set(found)
+    while frontier:
+        frontier = {pid for pid, (parent, _, _) in table.items() if parent in frontier and pid not in found}
+        found |= frontier
+    return {pid: table[pid][2] for pid in found}
+
+
+def _stop_processes(processes: dict[int, int], grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds, the processes (pid -> start ticks) that are still the same."""
+
+    def alive() -> list[int]:
+        return [pid for pid, ticks in processes.items() if _start_ticks(pid) == ticks]
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:
@@ -241,23 +288,32 @@ class ProcessManager:
             time.sleep(0.5)
 
     def stop(self, name: str, timeout: float = 30.0) -> bool:
-        """Stop the process group of service ``name`` (SIGTERM, then SIGKILL after ``timeout``). True if it ran."""
+        """Stop service ``name``: SIGTERM to its process group, SIGKILL after ``timeout``. True if it ran.
+
+        Descendants that left the group (Ray's raylet starts every worker in a session of its own) are found
+        beforehand by walking the process tree and stopped too, each checked by its start time first.
+        """
         record = self.record(name)
         if record is None:
             return False
+        strays = {pid: ticks for pid, ticks in _descendants(record.pid).items() if _pgid(pid) != record.pid}
         with contextlib.suppress(ProcessLookupError):
             os.killpg(record.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _group_alive(record.pid) and time.monotonic() < deadline:
-            self._reap(record.pid)
-            time.sleep(0.2)
-        if _group_alive(record.pid):
+        if not self._wait_group(record.pid, timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.pid, signal.SIGKILL)
-            while _group_alive(record.pid):
-                self._reap(record.pid)
-                time.sleep(0.1)
+            self._wait_group(record.pid, timeout)
+        _stop_processes(strays, grace=min(timeout, 10.0))
         self._record_path(name).unlink(missing_ok=True)
+        return True
+
+    def _wait_group(self, pgid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while _group_alive(pgid):
+            if time.monotonic() > deadline:
+                return False
+            self._reap(pgid)
+            time.sleep(0.2)
         return True
 
     @staticmethod
