@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pawfinder.data.prepare import cache_root
 from pawfinder.data.torch_dataset import ManifestDataset
 from pawfinder.models.backbones import PawNet
 from pawfinder.preprocessing.torch_ops import eval_transform, train_transform
@@ -64,7 +65,7 @@ def _features(
     features, targets = cached_features(
         model,
         dataset,
-        settings.prepared_dir / "features" / f"{config.backbone}-{key}.pt",
+        cache_root(settings) / "features" / f"{config.backbone}-{key}.pt",
         device,
         loader_workers=config.loader_workers,
     )
