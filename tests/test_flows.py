@@ -179,3 +179,13 @@ def test_each_submission_uploads_a_fresh_package_without_local_state(tmp_path: P
     with zipfile.ZipFile(first["working_dir"]) as archive:
         names = set(archive.namelist())
     assert "ray_jobs/train.py" in names and not any(name.startswith(".venv") for name in names)
+
+
+def test_training_deployment_is_manual_unless_a_cron_is_set() -> None:
+    from flows.deployments import deployments
+
+    manual = deployments(Settings())[0]
+    assert manual.name == "training-pipeline" and manual.schedules == []
+    assert manual.entrypoint == "flows/training.py:training_pipeline"
+    weekly = deployments(Settings(training_cron="0 3 * * 1"))[0]
+    assert [schedule.schedule.cron for schedule in weekly.schedules] == ["0 3 * * 1"]
