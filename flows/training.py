@@ -93,22 +93,19 @@ def download_dataset(settings: Settings) -> str:
 def _prepare_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     """Cache ``prepare`` only while its inputs and outputs are untouched: manifest hash + directory stamps + config.
 
-    Adding, removing or replacing an image changes its directory's mtime; without a manifest there is no key.
+    Adding, removing or renaming an image changes its folder's mtime, editing a split file changes the file's;
+    without a manifest there is no key, so the first run always prepares.
     """
-    from pawfinder.data.prepare import manifest_hash, manifest_path
+    from pawfinder.data.layout import DatasetLayout
+    from pawfinder.data.prepare import cache_root, manifest_hash, manifest_path
 
     settings: Settings = parameters["settings"]
     if not manifest_path(settings).is_file():
         return None
-    stamps = [
-        path.stat().st_mtime_ns if path.exists() else 0
-        for path in (
-            settings.dataset_dir / "images",
-            settings.dataset_dir / "annotations",
-            manifest_path(settings),
-            manifest_path(settings).parent / "images",
-        )
-    ]
+    layout = DatasetLayout(settings.dataset_dir)
+    watched = (layout.images_dir, layout.list_file, layout.trainval_file, layout.test_file, layout.variants_file)
+    watched += (manifest_path(settings), cache_root(settings) / "images")
+    stamps = [path.stat().st_mtime_ns if path.exists() else 0 for path in watched]
     config = (settings.dataset_dir.resolve(), settings.prepared_dir.resolve(), settings.prepare_short_side)
     config += (settings.val_fraction, settings.seed)
     key = json.dumps([manifest_hash(settings), stamps, [str(item) for item in config]])

@@ -39,6 +39,8 @@ def up(
     typer.echo(f"\nPawFinder is up in {time.monotonic() - started:.0f}s (state and logs in {settings.home.resolve()}):")
     for status in statuses:
         typer.echo(f"  {status.name:<12} {status.url or '(no port)'}")
+    if any(status.name == "serve" for status in statuses):
+        typer.echo(f"Try it: curl -F file=@<photo.jpg> http://{settings.host}:{settings.serve_port}/predict")
     typer.echo(f"Stop everything with `pawfinder stack down`; logs: {settings.home.resolve() / 'logs'}")
 
 
