@@ -46,6 +46,7 @@ class LevelResult:
     p95_ms: float
     p99_ms: float
     images_per_s: float
+    server_cpu_ms_per_image: float  # CPU time of every server process / answered images: load-independent cost
 
 
 @dataclass
@@ -61,6 +62,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def _cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of the descendants of ``root_pid`` (and the process itself unless it is us)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process just exited
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = set(), {root_pid}
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - tree
+    if root_pid == os.getpid():
+        tree.discard(root_pid)
+    return sum(times.get(pid, 0.0) for pid in tree)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -88,8 +111,11 @@ def load_photos(settings: Settings, limit: int) -> list[tuple[str, bytes]]:
     return photos
 
 
-async def drive(url: str, photos: list[tuple[str, bytes]], concurrency: int, requests: int, system: str) -> LevelResult:
-    """Send ``requests`` uploads with ``concurrency`` clients in flight; latency per request, throughput overall."""
+async def drive(
+    url: str, photos: list[tuple[str, bytes]], concurrency: int, requests: int, system: str, server_pid: int
+) -> LevelResult:
+    """Send ``requests`` uploads with ``concurrency`` clients in flight; latency per request, throughput overall,
+    and the CPU time the server processes (the tree under ``server_pid``, without this process) spent."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(requests))
@@ -109,9 +135,9 @@ async def drive(url: str, photos: list[tuple[str, bytes]], concurrency: int, req
                 latencies.append((time.perf_counter() - start) * 1000)
                 errors += not ok
 
-        started = time.perf_counter()
+        cpu_before, started = _cpu_seconds(server_pid), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, _cpu_seconds(server_pid) - cpu_before
     ordered = sorted(latencies)
     return LevelResult(
         system=system,
@@ -122,6 +148,7 @@ async def drive(url: str, photos: list[tuple[str, bytes]], concurrency: int, req
         p95_ms=round(_percentile(ordered, 0.95), 1),
         p99_ms=round(_percentile(ordered, 0.99), 1),
         images_per_s=round((requests - errors) / elapsed, 1),
+        server_cpu_ms_per_image=round(1000 * cpu / max(requests - errors, 1), 1),
     )
 
 
@@ -140,11 +167,11 @@ async def api_accuracy(url: str, photos: list[tuple[str, bytes]], concurrency: i
     return sum(scored) / max(len(scored), 1), len(scored)
 
 
-def run_levels(url: str, photos: list[tuple[str, bytes]], levels: list[int], requests: list[int], system: str):
-    asyncio.run(drive(url, photos, min(levels), 20, system))  # warm-up: sessions, caches, connections
+def run_levels(url: str, photos, levels: list[int], requests: list[int], system: str, server_pid: int):
+    asyncio.run(drive(url, photos, min(levels), 20, system, server_pid))  # warm-up: sessions, caches, connections
     results = []
     for concurrency, count in zip(levels, requests, strict=True):
-        result = asyncio.run(drive(url, photos, concurrency, count, system))
+        result = asyncio.run(drive(url, photos, concurrency, count, system, server_pid))
         print(json.dumps(asdict(result)), flush=True)
         results.append(result)
     return results
@@ -176,7 +203,7 @@ def serve_phase(args: argparse.Namespace, settings: Settings, files: ModelFiles,
         base = f"http://{LOOPBACK}:{port}"
         _wait_ready(f"{base}/readyz")
         print("serving", httpx.get(f"{base}/readyz").json()["model"], flush=True)
-        results = run_levels(f"{base}/predict", photos, args.levels, args.requests_per_level, "serve")
+        results = run_levels(f"{base}/predict", photos, args.levels, args.requests_per_level, "serve", os.getpid())
         accuracy = None
         if args.accuracy:
             accuracy = asyncio.run(api_accuracy(f"{base}/predict", load_photos(settings, limit=sys.maxsize)))
@@ -196,7 +223,8 @@ def baseline_phase(args: argparse.Namespace, files: ModelFiles, photos) -> list[
     try:
         _wait_ready(f"http://{LOOPBACK}:{port}/healthz", timeout=300)
         counts = [min(count, args.baseline_requests) for count in args.requests_per_level]
-        return run_levels(f"http://{LOOPBACK}:{port}{BASELINE_ROUTE}", photos, args.levels, counts, "baseline")
+        url = f"http://{LOOPBACK}:{port}{BASELINE_ROUTE}"
+        return run_levels(url, photos, args.levels, counts, "baseline", server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -304,18 +332,18 @@ def baseline_server(onnx: Path, weights: Path | None, port: int) -> None:
 
 def _print_table(results: list[LevelResult], baseline: list[LevelResult]) -> None:
     by_level = {r.concurrency: r for r in baseline}
-    print(
-        f"\n{'system':8} {'conc':>4} {'reqs':>5} {'errors':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'img/s':>7}"
-    )
+    columns = ("system", "conc", "reqs", "errors", "p50 ms", "p95 ms", "p99 ms", "img/s", "server CPU ms/img")
+    print()
+    print(" ".join(f"{name:>8}" for name in columns))
     for row in [*results, *baseline]:
-        print(
-            f"{row.system:8} {row.concurrency:>4} {row.requests:>5} {row.errors:>6} {row.p50_ms:>7} "
-            f"{row.p95_ms:>7} {row.p99_ms:>7} {row.images_per_s:>7}"
-        )
+        values = (row.system, row.concurrency, row.requests, row.errors, row.p50_ms, row.p95_ms, row.p99_ms,
+                  row.images_per_s, row.server_cpu_ms_per_image)  # fmt: skip
+        print(" ".join(f"{value:>8}" for value in values))
     for row in results:
         if row.concurrency in by_level and by_level[row.concurrency].images_per_s:
             ratio = row.images_per_s / by_level[row.concurrency].images_per_s
             print(f"concurrency {row.concurrency:>2}: serve / baseline throughput = {ratio:.2f}x")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 def main() -> None:

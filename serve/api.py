@@ -1,7 +1,7 @@
 """The HTTP API (FastAPI): /predict, /predict/batch, /feedback, /breeds, /healthz, /readyz, /metrics, /docs.
 
-``create_api`` builds the app around a :class:`ClassifierBackend`; in production that is the Ray Serve model
-deployment (see ``serve.app``), but any object with the two coroutines works.
+``create_api`` builds the app around a :class:`ClassifierBackend`; in production that is the Ray Serve deployment
+itself (see ``serve.app``), but any object with the two coroutines works.
 """
 
 from __future__ import annotations
