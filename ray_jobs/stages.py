@@ -50,6 +50,12 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p for p in parts if p is not None])
 
 
+def _say(message: str) -> None:
+    """Progress line in the job log (rank 0 only)."""
+    if world()[0] == 0:
+        print(f"[pawfinder] {message}", flush=True)
+
+
 def _shard(rows: pd.DataFrame) -> pd.DataFrame:
     rank, size = world()
     return rows.iloc[rank::size]
@@ -94,6 +100,7 @@ def train_head(
     x_train, y_train = _features(model, splits["train"], config, settings, device)
     x_val, y_val = _features(model, splits["val"], config, settings, device)
     logger.metrics({"feature_seconds": time.perf_counter() - started}, step=0)
+    _say(f"stage 1: features of {len(y_train)} train + {len(y_val)} val images in {time.perf_counter() - started:.0f}s")
     head = nn.Sequential(model.dropout, model.head)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.head_lr, weight_decay=config.head_weight_decay)
@@ -126,6 +133,7 @@ def train_head(
         if val.accuracy > state.best_accuracy:
             state.best_accuracy, best_head = val.accuracy, detached(model.head.state_dict())
     model.head.load_state_dict(best_head)
+    _say(f"stage 1: head trained for {config.head_epochs} epochs, best val top-1 {state.best_accuracy:.4f}")
     state.model = detached(model.state_dict())
     state.best_model = state.model
     logger.metrics({"best_val_accuracy": state.best_accuracy, "seconds": time.perf_counter() - started}, step=0)
@@ -233,5 +241,11 @@ def finetune(
         state.model = detached(model.state_dict())
         state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
         logger.metrics({**metrics, "best_val_accuracy": state.best_accuracy}, step=epoch + 1)
+        _say(
+            f"stage 2: epoch {epoch + 1}/{config.epochs} at {config.train_size(epoch)}px: "
+            f"train loss {train.loss:.3f} top-1 {train.accuracy:.4f}, "
+            f"val loss {val.loss:.3f} top-1 {val.accuracy:.4f}, {train.images_per_s:.1f} img/s, "
+            f"{train.seconds + val.seconds:.0f}s"
+        )
         report({**metrics, "epoch": float(epoch + 1), "best_val_accuracy": state.best_accuracy}, state)
     return state

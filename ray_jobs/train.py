@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray
 import typer
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -67,7 +69,9 @@ def _storage_path(config: TrainConfig, settings: Settings) -> str:
     return config.storage_path or str(settings.home / "ray_results")
 
 
-def _fit(config: TrainConfig, settings: Settings, run_id: str, run_name: str) -> tuple[TrainState, int]:
+def fit(
+    config: TrainConfig, settings: Settings, run_id: str, run_name: str, *, callbacks: list | None = None
+) -> tuple[TrainState, int]:
     """Run the TorchTrainer; returns the last checkpoint's state and the epoch it last resumed from (-1 = never)."""
     storage = _storage_path(config, settings)
     crash_marker = Path(storage) / run_name / CRASH_MARKER if config.crash_at_epoch else None
@@ -84,6 +88,7 @@ def _fit(config: TrainConfig, settings: Settings, run_id: str, run_name: str) ->
             storage_path=storage,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()
@@ -92,6 +97,35 @@ def _fit(config: TrainConfig, settings: Settings, run_id: str, run_name: str) ->
     with result.checkpoint.as_directory() as folder:
         state = load_state(Path(folder))
     return state, int((result.metrics or {}).get("resumed_from_epoch", -1))
+
+
+def open_run(
+    client: MlflowClient,
+    config: TrainConfig,
+    settings: Settings,
+    manifest: pd.DataFrame,
+    run_name: str,
+    *,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> tuple[str, str]:
+    """Create the training's MLflow run with its parameters (config, data-manifest hash, git commit, data sizes).
+
+    Returns the run id and the manifest hash.
+    """
+    tags = {"profile": config.profile, "backbone": config.backbone, **tags}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = client.create_run(experiment_id(client, config.experiment), run_name=run_name, tags=tags)
+    data_hash = manifest_hash(settings)
+    sizes = {
+        f"{split}_images": len(split_frame(manifest, split, limit_per_class=config.limit_per_class))
+        for split in ("train", "val")
+    }
+    params = {**config.params(), "data_manifest_hash": data_hash, "git_commit": git_commit() or "unknown", **sizes}
+    params |= {"settings.val_fraction": settings.val_fraction, "settings.data_dir": settings.dataset_dir}
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id, data_hash
 
 
 def run_training(
@@ -108,29 +142,10 @@ def run_training(
     val_rows = split_frame(manifest, "val", limit_per_class=config.limit_per_class)
     client = MlflowClient(settings.mlflow_tracking_uri)
     run_name = f"{config.profile}-{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    run = client.create_run(
-        experiment_id(client, config.experiment),
-        run_name=run_name,
-        tags={"profile": config.profile, "backbone": config.backbone, **(run_tags or {})},
-    )
-    run_id = run.info.run_id
-    data_hash = manifest_hash(settings)
-    log_params(
-        client,
-        run_id,
-        {
-            **config.params(),
-            "data_manifest_hash": data_hash,
-            "git_commit": git_commit() or "unknown",
-            "train_images": len(split_frame(manifest, "train", limit_per_class=config.limit_per_class)),
-            "val_images": len(val_rows),
-            "settings.val_fraction": settings.val_fraction,
-            "settings.data_dir": settings.dataset_dir,
-        },
-    )
+    run_id, data_hash = open_run(client, config, settings, manifest, run_name, tags=run_tags or {})
     try:
         connect_ray(ray_address)
-        state, resumed_from = _fit(config, settings, run_id, run_name)
+        state, resumed_from = fit(config, settings, run_id, run_name)
         client.set_tag(run_id, "resumed_from_epoch", str(resumed_from))
         train_seconds = time.perf_counter() - started
         extra = {"run_id": run_id, "profile": config.profile, "data_manifest_hash": data_hash}

@@ -137,3 +137,15 @@ def test_ray_job_submit_runs_the_smoke_profile(ray_instance: dict[str, str], tin
     run = MlflowClient(tiny_settings.mlflow_tracking_uri).get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert "model_version" not in summary
+
+
+def test_two_workers_train_data_parallel(ray_instance: dict[str, str], tiny_settings: Settings) -> None:
+    config = load_config("smoke", num_workers=2, epochs=1, register_model=False, experiment="test-ddp")
+
+    summary = run_training(config, tiny_settings)
+
+    assert "model_version" not in summary
+    run = MlflowClient(tiny_settings.mlflow_tracking_uri).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert json.loads(run.data.params["num_workers"]) == 2
+    assert 0.0 <= summary["val_top1"] <= 1.0
