@@ -49,20 +49,22 @@ class Service:
 
 
 def _register_champion(mlflow_uri: str, onnx_path: Path) -> str:
-    """Log the ONNX file as TRAIN does, register a new version and promote it; returns the version."""
+    """Log the ONNX file with the training job's own ``log_model``, register it and promote it; returns the version."""
     import mlflow
-    import onnx
 
+    from pawfinder.inference import OnnxClassifier
     from pawfinder.registry import promote, register, registry_client
+    from ray_jobs.finalize import log_model
 
     settings = Settings(mlflow_tracking_uri=mlflow_uri)
     client = registry_client(settings)
-    mlflow.set_tracking_uri(mlflow_uri)
-    with mlflow.start_run():
-        info = mlflow.onnx.log_model(
-            onnx.load(onnx_path), name="model", input_example=np.zeros((1, 3, 64, 64), dtype=np.float32)
-        )
-    version = register(info.model_uri, settings.model_name, client=client, alias=None).version
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    try:
+        model_uri = log_model(onnx_path, OnnxClassifier.from_path(onnx_path).metadata, run.info.run_id, settings)
+    finally:
+        mlflow.set_tracking_uri(None)  # log_model sets it process-wide; later tests must not inherit this server
+    client.set_terminated(run.info.run_id)
+    version = register(model_uri, settings.model_name, client=client, alias=None).version
     promote(settings.model_name, version, client=client, force=True, reason="serve test")
     return str(version)
 
