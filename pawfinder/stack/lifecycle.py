@@ -51,8 +51,9 @@ def down(manager: ProcessManager, services: Sequence[ServiceSpec], *, echo: Echo
     others = sorted(set(manager.recorded_names()) - set(known))
     stopped = []
     for name in [*reversed(known), *others]:
+        started = time.monotonic()
         if manager.stop(name, timeout=timeouts.get(name, 30.0)):
-            echo(f"• {name}: stopped")
+            echo(f"• {name}: stopped in {time.monotonic() - started:.1f}s")
             stopped.append(name)
     if not stopped:
         echo("Nothing was running.")

@@ -119,6 +119,7 @@ def stack_services(settings: Settings) -> list[ServiceSpec]:
             port=settings.ray_dashboard_port,
             health=lambda: http_ok(f"{dashboard_url}/api/gcs_healthz"),
             env=env,
+            stop_timeout=10.0,  # `ray start --block` outlives SIGTERM; the group then gets SIGKILL, as `ray stop` does
         ),
         ServiceSpec(
             name="deployments",
