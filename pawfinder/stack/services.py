@@ -40,10 +40,9 @@ def ray_temp_dir(settings: Settings) -> Path:
 
 
 def ray_num_cpus(settings: Settings) -> int:
-    """Logical CPUs of the stack's Ray head: the machine's, plus what the Serve replicas reserve (model replicas and
-    one for the API), so that a training job submitted while the API is up can still get every core."""
-    serve_cpus = math.ceil(settings.serve_model_cpus * settings.serve_model_replicas) + 1
-    return (os.cpu_count() or 1) + serve_cpus
+    """Logical CPUs of the stack's Ray head: the machine's plus what the Serve replicas reserve, so that a training
+    job submitted while the API is up can still get every core (the replicas mostly wait for requests)."""
+    return (os.cpu_count() or 1) + math.ceil(settings.serve_model_cpus * settings.serve_model_replicas)
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
