@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     serve_max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests per serving replica.")
     serve_draft_size: int = Field(512, ge=64, description="JPEGs are decoded at reduced scale down to this size.")
     serve_store_images: bool = Field(False, description="Keep uploaded images next to the prediction log.")
-    prediction_store_url: str | None = Field(None, description="Prediction log; default sqlite:///<home>/predictions.db.")
+    prediction_store_url: str | None = Field(
+        None, description="Prediction log; default sqlite:///<home>/predictions.db."
+    )
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
