@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
         (128, 160, 192), description="Progressive resizing: train crop per equal share of the epochs; () = eval crop."
     )
     patience: int = Field(4, ge=1, description="Early stopping: epochs without a better val top-1.")
+    freeze_batchnorm: bool = Field(
+        True, description="Keep BatchNorm running statistics at their ImageNet values during fine-tuning."
+    )
 
     # Runtime
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel).")

@@ -200,7 +200,7 @@ def finalize(
     metrics |= {"best_epoch": float(state.best_epoch), "finetune_epochs_run": float(state.epoch)}
     log_metrics(client, run_id, metrics)
     model_uri = log_model(path, metadata, run_id, settings)
-    summary: dict[str, Any] = {"run_id": run_id, "model_uri": model_uri, "onnx_path": str(path), **metrics}
+    summary: dict[str, Any] = {"run_id": run_id, "model_uri": model_uri, **metrics}
     ref = ModelRef(name=settings.model_name, run_id=run_id, uri=model_uri)
     if config.register_model:
         tags = {"run_id": run_id, "profile": config.profile, "backbone": config.backbone}

@@ -82,6 +82,13 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: running statistics stay fixed, their affine weights still train."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def train_epoch(
     model: nn.Module,
     batches: Batches,
@@ -91,9 +98,12 @@ def train_epoch(
     device: torch.device,
     *,
     channels_last: bool = False,
+    frozen_batchnorm: bool = False,
 ) -> EpochStats:
     """One optimisation pass; the scheduler steps every batch. On GPU the forward runs in bfloat16 autocast."""
     model.train()
+    if frozen_batchnorm:
+        freeze_batchnorm_statistics(model)
     start = time.perf_counter()
     loss_sum = correct = count = 0.0
     for images, targets in batches:

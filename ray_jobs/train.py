@@ -196,6 +196,9 @@ def main(
     train_sizes: str | None = typer.Option(None, help="Progressive-resizing train crops, e.g. 128,160,192."),
     seed: int | None = typer.Option(None, help="Seed (default PAWFINDER_SEED)."),
     patience: int | None = typer.Option(None, help="Early stopping patience in epochs."),
+    freeze_batchnorm: bool | None = typer.Option(
+        None, "--freeze-batchnorm/--train-batchnorm", help="Keep BatchNorm statistics fixed while fine-tuning."
+    ),
     limit_per_class: int | None = typer.Option(None, help="Cap on train/val images per breed."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained"),
     num_workers: int | None = typer.Option(None, help="Ray Train workers."),
@@ -225,6 +228,7 @@ def main(
             train_sizes=_parse_sizes(train_sizes),
             seed=settings.seed if seed is None else seed,
             patience=patience,
+            freeze_batchnorm=freeze_batchnorm,
             limit_per_class=limit_per_class,
             pretrained=pretrained,
             num_workers=num_workers,

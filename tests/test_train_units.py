@@ -19,7 +19,7 @@ from pawfinder.preprocessing.torch_ops import eval_transform
 from ray_jobs.checkpoints import TrainState, load_state, save_state
 from ray_jobs.config import PROFILES, TrainConfig, load_config
 from ray_jobs.features import cached_features, features_key
-from ray_jobs.loops import warmup_cosine, warmup_cosine_factor
+from ray_jobs.loops import train_epoch, warmup_cosine, warmup_cosine_factor
 from ray_jobs.ood import fit_ood_threshold, synthetic_non_pets
 from ray_jobs.reports import (
     confusion_matrix,
@@ -175,3 +175,24 @@ def test_reports_write_tables_and_images(tmp_path: Path) -> None:
         | {"val_accuracy": 0.7, "lr": 0.001},
     ]
     assert learning_curves(history, tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_frozen_batchnorm_keeps_statistics_but_trains_weights() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    model(torch.zeros(2, 3, 8, 8))
+    batchnorm = model[1]
+    before_mean, before_weight = batchnorm.running_mean.clone(), batchnorm.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = warmup_cosine(optimizer, total_steps=1, warmup_steps=0)
+    batches = [(torch.randn(4, 3, 8, 8) + 5, torch.tensor([0, 1, 0, 1]))]
+    stats = train_epoch(
+        model, batches, optimizer, scheduler, torch.nn.CrossEntropyLoss(), torch.device("cpu"), frozen_batchnorm=True
+    )
+    assert stats.images == 4
+    assert model.training and not batchnorm.training
+    torch.testing.assert_close(batchnorm.running_mean, before_mean)
+    assert not torch.equal(batchnorm.weight.detach(), before_weight)
+    train_epoch(model, batches, optimizer, scheduler, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+    assert not torch.equal(batchnorm.running_mean, before_mean)  # not frozen: statistics follow the batches
