@@ -27,34 +27,24 @@ from serve.runtime import ModelAnswer, ModelNotReadyError
 
 logger = logging.getLogger(__name__)
 
-_MULTIPART_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary", "description": "A photo."}},
+
+def _multipart_doc(field: str, schema: dict[str, object]) -> dict[str, object]:
+    """OpenAPI request body for a multipart form with one required ``field`` (the routes read the body themselves)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: schema}}
                 }
-            }
-        },
+            },
+        }
     }
-}
-_MULTIPART_BATCH_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
-}
+
+
+_PHOTO_SCHEMA = {"type": "string", "format": "binary", "description": "A photo."}
+_MULTIPART_DOC = _multipart_doc("file", _PHOTO_SCHEMA)
+_MULTIPART_BATCH_DOC = _multipart_doc("files", {"type": "array", "items": {"type": "string", "format": "binary"}})
 
 
 TopK = Annotated[int, Query(ge=1, le=NUM_CLASSES, description="How many ranked breeds to return.")]

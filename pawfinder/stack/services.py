@@ -91,7 +91,7 @@ def stack_services(settings: Settings) -> list[ServiceSpec]:
             host=host,
             port=settings.mlflow_port,
             health=lambda: http_ok(f"{mlflow_url}/health"),
-            env=env,
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers on 2 cores
         ),
         ServiceSpec(
             name="prefect",
