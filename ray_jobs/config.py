@@ -39,7 +39,7 @@ class TrainConfig(BaseModel):
 
     # Stage 2: fine-tune the whole network.
     epochs: int = Field(12, ge=0, description="Fine-tuning epochs; 0 = head only.")
-    lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
+    lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -110,8 +110,7 @@ PROFILES: dict[Profile, dict[str, Any]] = {
         "loader_workers": 0,
     },
     "quick": {
-        "epochs": 2,
-        "lr": 1e-4,
+        "epochs": 1,
         "warmup_epochs": 0.3,
         "train_sizes": (160,),
     },

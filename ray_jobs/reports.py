@@ -83,19 +83,25 @@ def misclassified_grid(
 
 
 def learning_curves(history: Sequence[dict[str, float | str]], path: Path) -> Path:
-    """Loss and accuracy (train and val) per epoch of each stage, plus the learning rate."""
+    """Loss and accuracy (train and val) and the learning rate per epoch, the stages one after the other."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(history))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    offset = 0
     for stage, part in frame.groupby("stage", sort=False) if not frame.empty else []:
+        x = part["epoch"] + offset
         for metric, ax in (("loss", axes[0]), ("accuracy", axes[1])):
-            ax.plot(part["epoch"], part[f"train_{metric}"], "--", label=f"{stage} train")
-            ax.plot(part["epoch"], part[f"val_{metric}"], "-", label=f"{stage} val")
+            ax.plot(x, part[f"train_{metric}"], "--", label=f"{stage} train")
+            ax.plot(x, part[f"val_{metric}"], "-", label=f"{stage} val")
             ax.set_title(metric)
-        axes[2].plot(part["epoch"], part["lr"], label=str(stage))
+        axes[2].plot(x, part["lr"], label=str(stage))
         axes[2].set_title("learning rate (at epoch start)")
+        if offset:
+            for ax in axes:
+                ax.axvline(offset + 0.5, color="grey", linewidth=0.8)
+        offset += int(part["epoch"].max())
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (stages in order)")
         if ax.has_data():
             ax.legend(fontsize=8)
     fig.tight_layout()

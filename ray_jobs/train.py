@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -52,15 +53,21 @@ def absolute_settings(settings: Settings) -> Settings:
 
 def connect_ray(address: str | None = None) -> None:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``, set inside a Ray job); else start a local one on
-    127.0.0.1 without dashboard. Does nothing when this process is already connected."""
+    127.0.0.1 (its dashboard on a free loopback port: Ray Train's cleanup watcher needs the state API). Does nothing
+    when this process is already connected."""
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
         return
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        dashboard_port = sock.getsockname()[1]
     ray.init(
         _node_ip_address=LOOPBACK,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host=LOOPBACK,
+        dashboard_port=dashboard_port,
         _temp_dir=tempfile.mkdtemp(prefix="pfray-", dir="/tmp"),  # short: Ray's socket paths must stay < 108 chars
     )
 
