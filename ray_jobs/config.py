@@ -38,7 +38,7 @@ class TrainConfig(BaseModel):
     head_batch_size: int = Field(256, ge=1)
 
     # Stage 2: fine-tune the whole network.
-    epochs: int = Field(12, ge=0, description="Fine-tuning epochs; 0 = head only.")
+    epochs: int = Field(10, ge=0, description="Fine-tuning epochs; 0 = head only.")
     lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
@@ -47,9 +47,9 @@ class TrainConfig(BaseModel):
     augment: Augment = "trivialaugment"
     random_erasing: float = Field(0.0, ge=0, le=1)
     train_sizes: tuple[int, ...] = Field(
-        (128, 160, 192), description="Progressive resizing: train crop per equal share of the epochs; () = eval crop."
+        (160, 192), description="Progressive resizing: train crop per equal share of the epochs; () = eval crop."
     )
-    patience: int = Field(4, ge=1, description="Early stopping: epochs without a better val top-1.")
+    patience: int = Field(3, ge=1, description="Early stopping (last train size only): epochs without a better val.")
     freeze_batchnorm: bool = Field(
         True, description="Keep BatchNorm running statistics at their ImageNet values during fine-tuning."
     )
@@ -88,6 +88,10 @@ class TrainConfig(BaseModel):
             return self.eval_spec().crop_size
         phase = min(epoch * len(self.train_sizes) // max(self.epochs, 1), len(self.train_sizes) - 1)
         return self.train_sizes[phase]
+
+    def may_stop_early(self, epoch: int) -> bool:
+        """Early stopping applies from the last train size on: lower-resolution phases score lower by design."""
+        return self.train_size(epoch) == self.train_size(self.epochs - 1)
 
     def params(self) -> dict[str, str]:
         """Flat string parameters for MLflow."""

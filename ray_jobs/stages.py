@@ -7,8 +7,10 @@ Stage 2 (``finetune``): the whole network is trained with AdamW (no decay on nor
 cosine decay per step, label smoothing, BatchNorm statistics kept at their ImageNet values (``freeze_batchnorm``:
 statistics of small, heavily augmented batches at a lower resolution wreck the eval-time features; measured on this
 dataset), the augmentation policy of ``train_transform`` and progressive resizing
-(``TrainConfig.train_sizes``), evaluating val top-1 at the eval resolution every epoch and stopping early after
-``patience`` epochs without improvement. The best model so far travels in every checkpoint.
+(``TrainConfig.train_sizes``), evaluating val top-1 at the eval resolution every epoch. It stops early after
+``patience`` epochs without a better fine-tuning val top-1, but only at the last train size (lower-resolution phases
+score lower at the eval resolution by design). The best model so far (the stage-1 one included) travels in every
+checkpoint and is the one exported.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ def finetune(
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
     for epoch in range(state.epoch, config.epochs):
-        if state.bad_epochs >= config.patience:
+        if state.bad_epochs >= config.patience and config.may_stop_early(epoch):
             break
         _maybe_crash(config, epoch, crash_marker)
         torch.manual_seed(config.seed * 1000 + epoch * size + rank)
@@ -244,11 +246,13 @@ def finetune(
         metrics = {**epoch_metrics(train, val, lr), "train_size": float(config.train_size(epoch))}
         state.stage, state.epoch = "finetune", epoch + 1
         state.history.append({"stage": "finetune", "epoch": epoch + 1, **metrics})
-        if val.accuracy > state.best_accuracy:
-            state.best_accuracy, state.best_epoch, state.bad_epochs = val.accuracy, epoch + 1, 0
-            state.best_model = detached(model.state_dict())
+        if val.accuracy > state.best_finetune_accuracy:
+            state.best_finetune_accuracy, state.bad_epochs = val.accuracy, 0
         else:
             state.bad_epochs += 1
+        if val.accuracy > state.best_accuracy:
+            state.best_accuracy, state.best_epoch = val.accuracy, epoch + 1
+            state.best_model = detached(model.state_dict())
         state.model = detached(model.state_dict())
         state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
         logger.metrics({**metrics, "best_val_accuracy": state.best_accuracy}, step=epoch + 1)

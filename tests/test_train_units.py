@@ -63,6 +63,8 @@ def test_progressive_resizing_and_eval_spec() -> None:
     config = TrainConfig(epochs=12, train_sizes=(128, 160, 192))
     assert [config.train_size(e) for e in range(12)] == [128] * 4 + [160] * 4 + [192] * 4
     assert TrainConfig(train_sizes=()).train_size(0) == 224
+    assert [config.may_stop_early(e) for e in (0, 7, 8, 11)] == [False, False, True, True]
+    assert TrainConfig(train_sizes=()).may_stop_early(0)
     spec = TrainConfig(image_size=64).eval_spec()
     assert (spec.crop_size, spec.resize_size) == (64, 73)
     assert TrainConfig().eval_spec().crop_size == 224
