@@ -32,6 +32,7 @@ import httpx
 from fastapi import File, UploadFile  # module level: the baseline's endpoint annotations must resolve
 
 from pawfinder.settings import LOOPBACK, Settings
+from pawfinder.stack.serve_ingress import serve_ingress_env
 
 BASELINE_ROUTE = "/predict"
 
@@ -90,8 +91,12 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
-def load_photos(settings: Settings, limit: int) -> list[tuple[str, bytes]]:
-    """Up to ``limit`` (label, JPEG bytes) of the test split listed in ``annotations/test.txt``."""
+def load_photos(settings: Settings, limit: int, *, min_side: int = 0) -> list[tuple[str, bytes]]:
+    """Up to ``limit`` (label, JPEG bytes) of the test split listed in ``annotations/test.txt``, keeping photos whose
+    short side is at least ``min_side`` (the dataset copy here is mostly 256 x 256 squashed copies; the originals
+    are typically 500 x 375)."""
+    from PIL import Image
+
     from pawfinder.breeds import label_from_image_name
 
     root = settings.dataset_dir
@@ -105,6 +110,9 @@ def load_photos(settings: Settings, limit: int) -> list[tuple[str, bytes]]:
         stem = line.split()[0]
         path = root / "images" / f"{stem}.jpg"
         if path.exists():
+            with Image.open(path) as image:
+                if min(image.size) < min_side:
+                    continue
             photos.append((label_from_image_name(stem), path.read_bytes()))
         if len(photos) >= limit:
             break
@@ -180,6 +188,7 @@ def run_levels(url: str, photos, levels: list[int], requests: list[int], system:
 def serve_phase(args: argparse.Namespace, settings: Settings, files: ModelFiles, photos, home: Path):
     """Start the real Serve app on a private loopback Ray, measure, stop it."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.update(serve_ingress_env(settings))
     import ray
     from ray import serve
 
@@ -361,6 +370,9 @@ def main() -> None:
     parser.add_argument("--final-requests", type=int, default=2000, help="Requests at the highest concurrency.")
     parser.add_argument("--baseline-requests", type=int, default=200, help="Cap per level for the slow baseline.")
     parser.add_argument("--photos", type=int, default=400, help="Distinct test photos to cycle through.")
+    parser.add_argument(
+        "--min-side", type=int, default=300, help="Only photos with a short side >= this (0: all, mostly 256^2)."
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="Top-1 through the API vs evaluate() on the photos.")
     parser.add_argument("--json", type=Path, help="Also write the results to this file.")
@@ -371,7 +383,7 @@ def main() -> None:
 
     settings = Settings()
     args.requests_per_level = [args.requests] * (len(args.levels) - 1) + [args.final_requests]
-    photos = load_photos(settings, args.photos)
+    photos = load_photos(settings, args.photos, min_side=args.min_side)
     print(f"{len(photos)} photos from {settings.dataset_dir}", flush=True)
     with tempfile.TemporaryDirectory(prefix="pawfinder-bench-") as scratch:
         files = model_files(args, settings, Path(scratch))

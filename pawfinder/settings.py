@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="Larger images are rejected as decompression bombs.")
     max_image_aspect_ratio: float = Field(20.0, gt=1, description="Longer/shorter side above this is rejected.")
+    serve_ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
+        description="HTTP ingress of Ray Serve: HAProxy straight to the replicas (fast) or Serve's Python proxy.",
+    )
     serve_model_alias: str = Field("champion", description="Registry alias the serving app follows.")
     serve_model_path: Path | None = Field(None, description="Serve this local .onnx file instead of the alias.")
     serve_poll_interval_s: float = Field(30.0, gt=0, description="How often serving checks the alias for a new model.")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pawfinder.data.torch_dataset import ManifestDataset
+from pawfinder.files import atomic_file
 from pawfinder.models.backbones import PawNet
 from pawfinder.preprocessing.spec import PreprocessSpec
 
@@ -62,12 +61,6 @@ def cached_features(
         if len(stored["targets"]) == len(dataset):
             return stored["features"], stored["targets"]
     features, targets = extract_features(model, dataset, device, batch_size=batch_size, loader_workers=loader_workers)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"features": features, "targets": targets}, tmp)
-        Path(tmp).replace(cache_file)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(cache_file) as handle:
+        torch.save({"features": features, "targets": targets}, handle)
     return features, targets

@@ -28,6 +28,8 @@ from pawfinder.inference import OnnxClassifier, ood_score, softmax
 from pawfinder.modelmeta import ModelMetadata
 from pawfinder.models.backbones import PawNet, build_model
 from pawfinder.models.onnx_export import export_onnx, metadata_for, onnx_parity
+from pawfinder.models.onnx_files import replace_metadata
+from pawfinder.models.quantize import calibration_batches, quantize_int8
 from pawfinder.preprocessing.numpy_ops import preprocess_batch
 from pawfinder.registry import register
 from pawfinder.settings import Settings
@@ -127,33 +129,63 @@ def write_reports(
     learning_curves(history, folder / "learning_curves.png")
 
 
+def _top1(logits: np.ndarray, truth: np.ndarray) -> float:
+    return float((logits.argmax(1) == truth).mean())
+
+
+def choose_served_model(
+    fp32_path: Path, config: TrainConfig, settings: Settings, val_rows: pd.DataFrame, calibration_rows: pd.DataFrame
+) -> tuple[Path, dict[str, float]]:
+    """The file to serve: the int8 version of ``fp32_path`` when ``config.quantize`` and its val top-1 is within
+    ``config.quantize_tolerance`` of float32's, else ``fp32_path``; plus the comparison as metrics."""
+    if not config.quantize:
+        return fp32_path, {"quantized": 0.0}
+    fp32 = OnnxClassifier.from_path(fp32_path)
+    batches = calibration_batches(
+        list(calibration_rows["path"]), fp32.metadata.preprocessing, max_pixels=settings.max_image_pixels
+    )
+    int8_path = quantize_int8(fp32_path, fp32_path.parent.parent / "int8" / "model.onnx", batches)
+    truth = np.array([by_label(label).index for label in val_rows["label"]])
+    fp32_top1 = _top1(onnx_logits(fp32, list(val_rows["path"]), settings), truth)
+    int8_top1 = _top1(onnx_logits(OnnxClassifier.from_path(int8_path), list(val_rows["path"]), settings), truth)
+    accepted = int8_top1 >= fp32_top1 - config.quantize_tolerance
+    metrics = {"val_top1_fp32": fp32_top1, "val_top1_int8": int8_top1, "quantized": float(accepted)}
+    return (int8_path if accepted else fp32_path), metrics
+
+
 def package(
     state: TrainState,
     config: TrainConfig,
     settings: Settings,
     val_rows: pd.DataFrame,
+    calibration_rows: pd.DataFrame,
     folder: Path,
     extra: dict[str, Any],
-) -> tuple[Path, ModelMetadata, Calibrated, float]:
-    """Export, calibrate and re-export the best model into ``folder``; returns (onnx path, metadata, fit, parity)."""
+) -> tuple[Path, ModelMetadata, Calibrated, dict[str, float]]:
+    """Export (float32, then int8 if it keeps the accuracy), calibrate and stamp the served model into
+    ``folder/onnx``; the float32 file stays in ``folder/onnx-fp32``. Returns (path, metadata, fit, metrics)."""
     model = best_model(state, config, settings)
     draft = metadata_for(model, settings.model_name).model_copy(update={"preprocessing": config.eval_spec()})
-    draft_path = export_onnx(model, folder / "draft" / "model.onnx", draft)
-    calibrated = calibrate(OnnxClassifier.from_path(draft_path), val_rows, settings)
-    draft_path.unlink()
+    fp32_path = export_onnx(model, folder / "onnx-fp32" / "model.onnx", draft)
+    sample = preprocess_batch(_images(list(val_rows["path"].iloc[:8]), settings), draft.preprocessing)
+    served, metrics = choose_served_model(fp32_path, config, settings, val_rows, calibration_rows)
+    metrics["onnx_parity_max_abs"] = onnx_parity(model, fp32_path, sample)
+    calibrated = calibrate(OnnxClassifier.from_path(served), val_rows, settings)
     metadata = draft.model_copy(
         update={
             "temperature": calibrated.temperature,
             "ood_threshold": calibrated.ood.threshold,
-            "extra": {**extra, "val_top1": round(calibrated.metrics()["val_top1"], 6)},
+            "extra": {
+                **extra,
+                "val_top1": round(calibrated.metrics()["val_top1"], 6),
+                "int8": bool(metrics["quantized"]),
+            },
         }
     )
-    path = export_onnx(model, folder / "onnx" / "model.onnx", metadata)
-    sample = preprocess_batch(_images(list(val_rows["path"].iloc[:8]), settings), metadata.preprocessing)
-    parity = onnx_parity(model, path, sample)
+    path = replace_metadata(served, folder / "onnx" / "model.onnx", metadata)
     (folder / "pytorch").mkdir(parents=True, exist_ok=True)
     torch.save(state.best_model, folder / "pytorch" / "state_dict.pt")
-    return path, metadata, calibrated, parity
+    return path, metadata, calibrated, metrics
 
 
 def log_model(path: Path, metadata: ModelMetadata, run_id: str, settings: Settings) -> str:
@@ -179,13 +211,16 @@ def finalize(
     config: TrainConfig,
     settings: Settings,
     val_rows: pd.DataFrame,
+    calibration_rows: pd.DataFrame,
     client: MlflowClient,
     run_id: str,
     folder: Path,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Package, log everything to ``run_id``, register (alias ``challenger``) and evaluate; returns a summary."""
-    path, metadata, calibrated, parity = package(state, config, settings, val_rows, folder, extra)
+    path, metadata, calibrated, export_metrics = package(
+        state, config, settings, val_rows, calibration_rows, folder, extra
+    )
     reports = folder / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     write_reports(calibrated, val_rows, state.history, settings, reports)
@@ -195,8 +230,9 @@ def finalize(
     (reports / "history.json").write_text(json.dumps(state.history, indent=1), encoding="utf-8")
     client.log_artifacts(run_id, str(reports), "reports")
     client.log_artifacts(run_id, str(folder / "pytorch"), "pytorch")
+    client.log_artifacts(run_id, str(folder / "onnx-fp32"), "onnx-fp32")
     size_mb = path.stat().st_size / 2**20
-    metrics = calibrated.metrics() | {"onnx_parity_max_abs": parity, "onnx_size_mb": size_mb}
+    metrics = calibrated.metrics() | export_metrics | {"onnx_size_mb": size_mb}
     metrics |= {"best_epoch": float(state.best_epoch), "finetune_epochs_run": float(state.epoch)}
     log_metrics(client, run_id, metrics)
     model_uri = log_model(path, metadata, run_id, settings)

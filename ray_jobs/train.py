@@ -147,6 +147,7 @@ def run_training(
     started = time.perf_counter()
     manifest = load_manifest(settings)
     val_rows = split_frame(manifest, "val", limit_per_class=config.limit_per_class)
+    calibration_rows = split_frame(manifest, "train", limit_per_class=config.quantize_images_per_class)
     client = MlflowClient(settings.mlflow_tracking_uri)
     run_name = f"{config.profile}-{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_id, data_hash = open_run(client, config, settings, manifest, run_name, tags=run_tags or {})
@@ -157,7 +158,7 @@ def run_training(
         train_seconds = time.perf_counter() - started
         extra = {"run_id": run_id, "profile": config.profile, "data_manifest_hash": data_hash}
         with tempfile.TemporaryDirectory(prefix="pawfinder-package-") as folder:
-            summary = finalize(state, config, settings, val_rows, client, run_id, Path(folder), extra)
+            summary = finalize(state, config, settings, val_rows, calibration_rows, client, run_id, Path(folder), extra)
         summary |= {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - started}
         summary["resumed_from_epoch"] = resumed_from
         client.log_metric(run_id, "train_seconds", train_seconds)
@@ -215,6 +216,9 @@ def main(
     max_failures: int | None = typer.Option(None, help="Worker failures to recover from."),
     experiment: str | None = typer.Option(None, help="MLflow experiment."),
     register: bool | None = typer.Option(None, "--register/--no-register", help="Register as 'challenger'."),
+    quantize: bool | None = typer.Option(
+        None, "--quantize/--no-quantize", help="Serve int8 when it keeps val top-1 within the tolerance."
+    ),
     evaluate_split: str | None = typer.Option(None, help="Also evaluate this split (e.g. test) and log it."),
     storage_path: str | None = typer.Option(None, help="Ray storage: a directory or bucket URI."),
     run_tag: list[str] = typer.Option([], help="KEY=VALUE tag on the MLflow run (repeatable)."),  # noqa: B008
@@ -245,6 +249,7 @@ def main(
             max_failures=max_failures,
             experiment=experiment,
             register_model=register,
+            quantize=quantize,
             evaluate_split=evaluate_split,
             storage_path=storage_path,
             crash_at_epoch=crash_at_epoch,

@@ -16,11 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pawfinder.settings import Settings
+from pawfinder.stack.serve_ingress import serve_ingress_env
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # Ray binds every interface unless told otherwise; these must be set before Ray is imported anywhere.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.update(serve_ingress_env(Settings()))  # the session's Ray serves through the default ingress (HAProxy)
 
 
 def free_port() -> int:

@@ -347,6 +347,21 @@ def test_batch_gives_per_file_results(service: Service) -> None:
     assert results[1]["reason"] == "not_an_image" and results[1]["detail"]
 
 
+def test_haproxy_ingress_listens_on_loopback_only(service: Service) -> None:
+    """HAProxy fronts the API (default ingress) and none of its listeners, stats and metrics included, is public."""
+    import psutil
+
+    listening = [
+        conn.laddr
+        for proc in psutil.process_iter(["name"])
+        if proc.info["name"] == "haproxy"
+        for conn in proc.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    ]
+    assert service.settings.serve_port in {address.port for address in listening}
+    assert {address.ip for address in listening} == {"127.0.0.1"}
+
+
 def test_info_endpoints(service: Service) -> None:
     with httpx.Client(base_url=service.url, timeout=10) as client:
         assert client.get("/healthz").json() == {"status": "ok"}

@@ -18,6 +18,7 @@ from pawfinder.cli import app
 from pawfinder.settings import Settings
 from pawfinder.stack import lifecycle
 from pawfinder.stack.processes import ProcessManager, ServiceError, ServiceSpec, http_ok
+from pawfinder.stack.serve_ingress import bind_to_host, serve_ingress_env
 from pawfinder.stack.services import stack_services
 
 # A service with two children: one in its process group, one in a session of its own (as Ray's workers are).
@@ -203,3 +204,14 @@ def test_cli_status_on_a_fresh_home_starts_nothing() -> None:
     assert "mlflow" in result.output and "stopped" in result.output and "healthy" not in result.output
     result = CliRunner().invoke(app, ["stack", "down"])
     assert result.exit_code == 0 and "Nothing was running" in result.output
+
+
+def test_haproxy_shim_binds_hostless_listeners_to_the_host() -> None:
+    config = "frontend prometheus\n    bind :9101\nfrontend http\n    bind 127.0.0.1:8000\n"
+    config += "listen stats\n  bind *:8404\n"
+    rebound = bind_to_host(config, "127.0.0.1")
+    assert rebound == config.replace("bind :9101", "bind 127.0.0.1:9101").replace("bind *:8404", "bind 127.0.0.1:8404")
+    assert serve_ingress_env(Settings(serve_ingress="proxy")) == {}
+    env = serve_ingress_env(Settings())
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).name == "pawfinder-haproxy"

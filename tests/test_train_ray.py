@@ -55,6 +55,8 @@ def test_training_logs_everything_registers_challenger_and_survives_a_killed_wor
     assert json.loads(run.data.params["epochs"]) == 3
     assert len(run.data.params["data_manifest_hash"]) == 64
     assert {"val_top1", "temperature", "val_ece_before", "val_ece_after", "ood_threshold"} <= run.data.metrics.keys()
+    assert {"quantized", "val_top1_fp32", "val_top1_int8", "onnx_parity_max_abs"} <= run.data.metrics.keys()
+    assert run.data.metrics["onnx_parity_max_abs"] < 1e-3
     assert run.data.metrics["test_n"] == 2 * len(BREEDS)
     children = {
         r.data.tags["stage"]: r
@@ -80,6 +82,7 @@ def test_training_logs_everything_registers_challenger_and_survives_a_killed_wor
     }
     assert {f"reports/{name}" for name in expected} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "pytorch")] == ["pytorch/state_dict.pt"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx-fp32")] == ["onnx-fp32/model.onnx"]
 
     version = client.get_model_version_by_alias(tiny_settings.model_name, "challenger")
     assert version.version == summary["model_version"]
@@ -98,6 +101,7 @@ def test_training_logs_everything_registers_challenger_and_survives_a_killed_wor
     assert metadata.ood_threshold == pytest.approx(summary["ood_threshold"])
     assert metadata.preprocessing.crop_size == 64
     assert metadata.extra["run_id"] == run.info.run_id
+    assert metadata.extra["int8"] == (summary["quantized"] == 1.0)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""``pawfinder models list | export-onnx | info``: backbones, ONNX export and what an exported model carries."""
+"""``pawfinder models list | export-onnx | quantize | info``: backbones, ONNX export, int8, model metadata."""
 
 from __future__ import annotations
 
@@ -78,6 +78,33 @@ def export_onnx_command(
     size = model.default_spec().crop_size
     parity = onnx_parity(model, path, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)))
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, max |logit diff| vs torch {parity:.2e})")
+
+
+@models_app.command()
+def quantize(
+    source: Annotated[Path, typer.Argument(help="A float32 .onnx file exported by PawFinder.")],
+    out: Annotated[Path, typer.Option("--out", help="Destination .onnx file.")],
+    images_per_class: Annotated[int, typer.Option(help="Train images per breed that calibrate the ranges.")] = 4,
+) -> None:
+    """Write the int8 version of a model (static, per-channel), calibrated on prepared train images.
+
+    Training does this itself (and keeps float32 when int8 loses accuracy); this is for models exported before.
+    """
+    from pawfinder.data.prepare import load_manifest
+    from pawfinder.data.torch_dataset import split_frame
+    from pawfinder.inference import ModelFormatError, OnnxClassifier
+    from pawfinder.models.quantize import calibration_batches, quantize_int8
+
+    settings = Settings()
+    try:
+        spec = OnnxClassifier.from_path(source).metadata.preprocessing
+        rows = split_frame(load_manifest(settings), "train", limit_per_class=images_per_class)
+        batches = calibration_batches(list(rows["path"]), spec, max_pixels=settings.max_image_pixels)
+        path = quantize_int8(source, out, batches)
+    except (ModelFormatError, FileNotFoundError, ValueError) as err:
+        typer.secho(f"quantize failed: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, from {source.stat().st_size / 1e6:.1f} MB)")
 
 
 @models_app.command()

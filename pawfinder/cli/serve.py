@@ -12,6 +12,7 @@ import typer
 
 from pawfinder.cli import app
 from pawfinder.settings import LOOPBACK, Settings
+from pawfinder.stack.serve_ingress import serve_ingress_env
 
 
 @app.command("serve")
@@ -28,6 +29,8 @@ def serve_command(
     if port is not None:
         settings = settings.model_copy(update={"serve_port": port})
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray off public interfaces
+    if not ray_address:  # a running cluster keeps the ingress it was started with (`pawfinder stack up` sets it)
+        os.environ.update(serve_ingress_env(settings))
     import ray
     from ray import serve
 

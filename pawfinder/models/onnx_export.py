@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +16,9 @@ from torch import nn
 
 from pawfinder.breeds import LABELS
 from pawfinder.inference import INPUT_NAME, OUTPUT_NAMES, OnnxClassifier
-from pawfinder.modelmeta import METADATA_KEY, MIN_ONNX_OPSET, ModelMetadata
+from pawfinder.modelmeta import MIN_ONNX_OPSET, ModelMetadata
 from pawfinder.models.backbones import PawNet
+from pawfinder.models.onnx_files import write_model
 
 DEFAULT_OPSET = 17
 
@@ -105,20 +104,7 @@ def export_onnx(model: PawNet, path: str | Path, metadata: ModelMetadata, *, ops
             opset_version=opset,
             do_constant_folding=True,
         )
-    proto = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(proto, {METADATA_KEY: metadata.to_json()})
-    onnx.checker.check_model(proto)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(proto.SerializeToString())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_model(onnx.load_from_string(buffer.getvalue()), path, metadata)
 
 
 def onnx_parity(model: PawNet, path: str | Path, batch: torch.Tensor | np.ndarray) -> float:

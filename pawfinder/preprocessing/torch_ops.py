@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from pawfinder.preprocessing.numpy_ops import resize_and_crop
 from pawfinder.preprocessing.spec import AUGMENTS, Augment, Interpolation, PreprocessSpec
 
 _INTERPOLATION: dict[Interpolation, InterpolationMode] = {
@@ -18,15 +21,11 @@ def _to_normalised_tensor(spec: PreprocessSpec) -> list[v2.Transform]:
 
 
 def eval_transform(spec: PreprocessSpec) -> v2.Compose:
-    """PIL image -> float32 tensor (3, crop, crop): resize short side, center crop, scale, normalise."""
-    return v2.Compose(
-        [
-            v2.RGB(),
-            v2.Resize(spec.resize_size, interpolation=_INTERPOLATION[spec.interpolation], antialias=True),
-            v2.CenterCrop(spec.crop_size),
-            *_to_normalised_tensor(spec),
-        ]
-    )
+    """PIL image -> float32 tensor (3, crop, crop): resize short side, center crop, scale, normalise.
+
+    The resize and crop are :func:`pawfinder.preprocessing.numpy_ops.resize_and_crop`, the one serving runs.
+    """
+    return v2.Compose([v2.Lambda(partial(resize_and_crop, spec=spec)), *_to_normalised_tensor(spec)])
 
 
 def train_transform(

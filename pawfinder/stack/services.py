@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pawfinder.settings import Settings
 from pawfinder.stack.processes import ServiceSpec, http_ok
+from pawfinder.stack.serve_ingress import serve_ingress_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRAINING_DEPLOYMENT = "training-pipeline/training-pipeline"
@@ -66,6 +67,7 @@ def stack_env(settings: Settings) -> dict[str, str]:
         "RAY_ADDRESS": f"{settings.host}:{settings.ray_port}",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
+        **serve_ingress_env(settings),
     }
 
 
