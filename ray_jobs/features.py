@@ -17,15 +17,17 @@ from torch.utils.data import DataLoader
 from pawfinder.data.torch_dataset import ManifestDataset
 from pawfinder.files import atomic_file
 from pawfinder.models.backbones import PawNet
+from pawfinder.preprocessing.numpy_ops import GEOMETRY_VERSION
 from pawfinder.preprocessing.spec import PreprocessSpec
 
 
 def features_key(backbone: str, spec: PreprocessSpec, rows: pd.DataFrame, *, random_init_seed: int | None) -> str:
-    """Hash of the backbone, its weights (ImageNet, or the seed of a random init), the spec and the images."""
+    """Hash of the backbone, its weights (ImageNet or a random init's seed), the spec and its code, the images."""
     identity = {
         "backbone": backbone,
         "weights": "imagenet" if random_init_seed is None else f"random-{random_init_seed}",
         "spec": spec.to_json(),
+        "geometry": GEOMETRY_VERSION,
         "images": [[str(image), str(sha)] for image, sha in zip(rows["image"], rows["sha256"], strict=True)],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]

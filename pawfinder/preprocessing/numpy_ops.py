@@ -15,6 +15,9 @@ from PIL import Image
 
 from pawfinder.preprocessing.spec import Interpolation, PreprocessSpec
 
+#: Names the implementation of :func:`resize_and_crop`; change it when its output changes (it keys feature caches).
+GEOMETRY_VERSION = "one-resample-crop-1"
+
 PIL_RESAMPLE: dict[Interpolation, Image.Resampling] = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
