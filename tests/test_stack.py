@@ -159,15 +159,21 @@ def test_stale_or_recycled_records_are_dropped(manager: ProcessManager) -> None:
     dead.wait()
     stale = {"name": "gone", "pid": dead.pid, "start_ticks": 1, "command": ["x"], "port": None, "log": "x"}
     (manager.run_dir / "gone.json").write_text(json.dumps({**stale, "started_at": 0}))
-    # Our own pid is alive, but it is not the process group the record claims (different start time).
-    recycled = {**stale, "name": "recycled", "pid": os.getpgid(0), "start_ticks": -1}
-    (manager.run_dir / "recycled.json").write_text(json.dumps({**recycled, "started_at": 0}))
-    (manager.run_dir / "garbage.json").write_text("{not json")
-    assert manager.record("gone") is None
-    assert manager.record("recycled") is None
-    assert manager.record("garbage") is None
-    assert not manager.stop("recycled")
-    assert manager.recorded_names() == []
+    # A live process group whose leader started at another time than the record says: the pid was recycled.
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        recycled = {**stale, "name": "recycled", "pid": stranger.pid, "start_ticks": -1}
+        (manager.run_dir / "recycled.json").write_text(json.dumps({**recycled, "started_at": 0}))
+        (manager.run_dir / "garbage.json").write_text("{not json")
+        assert manager.record("gone") is None
+        assert manager.record("recycled") is None
+        assert manager.record("garbage") is None
+        assert not manager.stop("recycled")
+        assert stranger.poll() is None  # never signalled
+        assert manager.recorded_names() == []
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_stop_escalates_to_sigkill(manager: ProcessManager) -> None:
