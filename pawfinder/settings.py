@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         "haproxy",
         description="HTTP ingress of Ray Serve: HAProxy straight to the replicas (fast) or Serve's Python proxy.",
     )
+    serve_drain_s: float = Field(
+        2.0, ge=0, description="HAProxy ingress: a stopping replica keeps answering this long while HAProxy drops it."
+    )
     serve_model_alias: str = Field("champion", description="Registry alias the serving app follows.")
     serve_model_path: Path | None = Field(None, description="Serve this local .onnx file instead of the alias.")
     serve_poll_interval_s: float = Field(30.0, gt=0, description="How often serving checks the alias for a new model.")

@@ -38,6 +38,8 @@ def serve_ingress_env(settings: Settings) -> dict[str, str]:
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # Ray's default (30 s) suits remote load balancers; the local HAProxy learns of a stopping replica at once.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.serve_drain_s),
         "RAY_SERVE_HAPROXY_BINARY_PATH": shim,
         "PAWFINDER_HOST": settings.host,
     }
