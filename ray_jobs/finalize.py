@@ -29,8 +29,8 @@ from pawfinder.modelmeta import ModelMetadata
 from pawfinder.models.backbones import PawNet, build_model
 from pawfinder.models.onnx_export import export_onnx, metadata_for, onnx_parity
 from pawfinder.models.onnx_files import replace_metadata
-from pawfinder.models.quantize import calibration_batches, quantize_int8
-from pawfinder.preprocessing.numpy_ops import preprocess_batch
+from pawfinder.models.quantize import quantize_int8
+from pawfinder.preprocessing.numpy_ops import preprocess_batch, preprocessed_batches
 from pawfinder.registry import register
 from pawfinder.settings import Settings
 from ray_jobs.checkpoints import TrainState
@@ -65,8 +65,7 @@ class Calibrated:
         return softmax(self.logits, self.temperature)
 
     def metrics(self) -> dict[str, float]:
-        top1 = float((self.logits.argmax(1) == self.truth).mean())
-        values = {"val_top1": top1, "temperature": self.temperature}
+        values = {"val_top1": _top1(self.logits, self.truth), "temperature": self.temperature}
         values |= {"val_ece_before": self.ece_before, "val_ece_after": self.ece_after}
         return values | self.ood.metrics()
 
@@ -83,20 +82,19 @@ def _images(paths: list[str], settings: Settings) -> list:
     return [decode_image(Path(p), max_pixels=settings.max_image_pixels).image for p in paths]
 
 
-def onnx_logits(classifier: OnnxClassifier, paths: list[str], settings: Settings, batch_size: int = 32) -> np.ndarray:
+def onnx_logits(classifier: OnnxClassifier, paths: list[str], settings: Settings) -> np.ndarray:
     """Logits of the exported model for the cached images at ``paths`` (decoded and preprocessed as serving does)."""
-    spec = classifier.metadata.preprocessing
-    parts = [
-        classifier.run(preprocess_batch(_images(paths[i : i + batch_size], settings), spec))[0]
-        for i in range(0, len(paths), batch_size)
-    ]
-    return np.concatenate(parts)
+    batches = preprocessed_batches(paths, classifier.metadata.preprocessing, max_pixels=settings.max_image_pixels)
+    return np.concatenate([classifier.run(batch)[0] for batch in batches])
 
 
-def calibrate(classifier: OnnxClassifier, val_rows: pd.DataFrame, settings: Settings) -> Calibrated:
-    """Temperature (min val NLL), ECE before/after, and the OOD threshold (see :mod:`ray_jobs.ood`)."""
-    logits = onnx_logits(classifier, list(val_rows["path"]), settings)
-    truth = np.array([by_label(label).index for label in val_rows["label"]])
+def _top1(logits: np.ndarray, truth: np.ndarray) -> float:
+    return float((logits.argmax(1) == truth).mean())
+
+
+def calibrate(classifier: OnnxClassifier, logits: np.ndarray, truth: np.ndarray) -> Calibrated:
+    """Temperature (min val NLL), ECE before/after, and the OOD threshold (see :mod:`ray_jobs.ood`), from the
+    model's val ``logits`` and the ``truth`` indices."""
     temperature = fit_temperature(logits, truth)
     non_pets = classifier.run(preprocess_batch(synthetic_non_pets(), classifier.metadata.preprocessing))[0]
     return Calibrated(
@@ -129,28 +127,30 @@ def write_reports(
     learning_curves(history, folder / "learning_curves.png")
 
 
-def _top1(logits: np.ndarray, truth: np.ndarray) -> float:
-    return float((logits.argmax(1) == truth).mean())
-
-
 def choose_served_model(
-    fp32_path: Path, config: TrainConfig, settings: Settings, val_rows: pd.DataFrame, calibration_rows: pd.DataFrame
-) -> tuple[Path, dict[str, float]]:
-    """The file to serve: the int8 version of ``fp32_path`` when ``config.quantize`` and its val top-1 is within
-    ``config.quantize_tolerance`` of float32's, else ``fp32_path``; plus the comparison as metrics."""
-    if not config.quantize:
-        return fp32_path, {"quantized": 0.0}
+    fp32_path: Path,
+    config: TrainConfig,
+    settings: Settings,
+    val_rows: pd.DataFrame,
+    truth: np.ndarray,
+    calibration_rows: pd.DataFrame,
+) -> tuple[OnnxClassifier, np.ndarray, dict[str, float]]:
+    """The model to serve with its val logits: the int8 version of ``fp32_path`` when ``config.quantize`` and its
+    val top-1 is within ``config.quantize_tolerance`` of float32's, else float32; plus the comparison as metrics."""
+    paths = list(val_rows["path"])
     fp32 = OnnxClassifier.from_path(fp32_path)
-    batches = calibration_batches(
-        list(calibration_rows["path"]), fp32.metadata.preprocessing, max_pixels=settings.max_image_pixels
+    fp32_logits = onnx_logits(fp32, paths, settings)
+    if not config.quantize:
+        return fp32, fp32_logits, {"quantized": 0.0}
+    batches = preprocessed_batches(
+        list(calibration_rows["path"]), fp32.metadata.preprocessing, max_pixels=settings.max_image_pixels, batch_size=16
     )
-    int8_path = quantize_int8(fp32_path, fp32_path.parent.parent / "int8" / "model.onnx", batches)
-    truth = np.array([by_label(label).index for label in val_rows["label"]])
-    fp32_top1 = _top1(onnx_logits(fp32, list(val_rows["path"]), settings), truth)
-    int8_top1 = _top1(onnx_logits(OnnxClassifier.from_path(int8_path), list(val_rows["path"]), settings), truth)
+    int8 = OnnxClassifier.from_path(quantize_int8(fp32_path, fp32_path.parent.parent / "int8" / "model.onnx", batches))
+    int8_logits = onnx_logits(int8, paths, settings)
+    fp32_top1, int8_top1 = _top1(fp32_logits, truth), _top1(int8_logits, truth)
     accepted = int8_top1 >= fp32_top1 - config.quantize_tolerance
     metrics = {"val_top1_fp32": fp32_top1, "val_top1_int8": int8_top1, "quantized": float(accepted)}
-    return (int8_path if accepted else fp32_path), metrics
+    return (int8, int8_logits, metrics) if accepted else (fp32, fp32_logits, metrics)
 
 
 def package(
@@ -168,9 +168,10 @@ def package(
     draft = metadata_for(model, settings.model_name).model_copy(update={"preprocessing": config.eval_spec()})
     fp32_path = export_onnx(model, folder / "onnx-fp32" / "model.onnx", draft)
     sample = preprocess_batch(_images(list(val_rows["path"].iloc[:8]), settings), draft.preprocessing)
-    served, metrics = choose_served_model(fp32_path, config, settings, val_rows, calibration_rows)
+    truth = np.array([by_label(label).index for label in val_rows["label"]])
+    served, logits, metrics = choose_served_model(fp32_path, config, settings, val_rows, truth, calibration_rows)
     metrics["onnx_parity_max_abs"] = onnx_parity(model, fp32_path, sample)
-    calibrated = calibrate(OnnxClassifier.from_path(served), val_rows, settings)
+    calibrated = calibrate(served, logits, truth)
     metadata = draft.model_copy(
         update={
             "temperature": calibrated.temperature,
@@ -182,7 +183,7 @@ def package(
             },
         }
     )
-    path = replace_metadata(served, folder / "onnx" / "model.onnx", metadata)
+    path = replace_metadata(served.source, folder / "onnx" / "model.onnx", metadata)
     (folder / "pytorch").mkdir(parents=True, exist_ok=True)
     torch.save(state.best_model, folder / "pytorch" / "state_dict.pt")
     return path, metadata, calibrated, metrics

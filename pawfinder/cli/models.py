@@ -93,13 +93,14 @@ def quantize(
     from pawfinder.data.prepare import load_manifest
     from pawfinder.data.torch_dataset import split_frame
     from pawfinder.inference import ModelFormatError, OnnxClassifier
-    from pawfinder.models.quantize import calibration_batches, quantize_int8
+    from pawfinder.models.quantize import quantize_int8
+    from pawfinder.preprocessing.numpy_ops import preprocessed_batches
 
     settings = Settings()
     try:
         spec = OnnxClassifier.from_path(source).metadata.preprocessing
         rows = split_frame(load_manifest(settings), "train", limit_per_class=images_per_class)
-        batches = calibration_batches(list(rows["path"]), spec, max_pixels=settings.max_image_pixels)
+        batches = preprocessed_batches(list(rows["path"]), spec, max_pixels=settings.max_image_pixels, batch_size=16)
         path = quantize_int8(source, out, batches)
     except (ModelFormatError, FileNotFoundError, ValueError) as err:
         typer.secho(f"quantize failed: {err}", fg=typer.colors.RED, err=True)

@@ -7,7 +7,7 @@ preprocessed calibration images. The model's metadata travels unchanged. Torch-f
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,8 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from pawfinder.data.images import decode_image
 from pawfinder.inference import INPUT_NAME
 from pawfinder.models.onnx_files import read_metadata, write_model
-from pawfinder.preprocessing.numpy_ops import preprocess_batch
-from pawfinder.preprocessing.spec import PreprocessSpec
 
 
 class _Batches(CalibrationDataReader):
@@ -33,19 +30,11 @@ class _Batches(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: np.asarray(batch, dtype=np.float32)}
 
 
-def calibration_batches(
-    paths: Sequence[str | Path], spec: PreprocessSpec, *, max_pixels: int, batch_size: int = 16
-) -> Iterator[np.ndarray]:
-    """Images at ``paths`` decoded and preprocessed as serving does, in batches: calibration input."""
-    for start in range(0, len(paths), batch_size):
-        images = [decode_image(Path(p), max_pixels=max_pixels).image for p in paths[start : start + batch_size]]
-        yield preprocess_batch(images, spec)
-
-
 def quantize_int8(source: str | Path, target: str | Path, calibration: Iterable[np.ndarray]) -> Path:
     """Write the int8 version of the ONNX model ``source`` to ``target`` (atomically); returns ``target``.
 
-    ``calibration`` yields preprocessed batches of representative images (a few per class are enough).
+    ``calibration`` yields preprocessed batches of representative images (a few per class are enough), e.g.
+    :func:`pawfinder.preprocessing.numpy_ops.preprocessed_batches`.
     """
     source, target = Path(source), Path(target)
     metadata = read_metadata(source)

@@ -8,11 +8,13 @@ Pillow's intermediate rounding; half the CPU).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pawfinder.data.images import decode_image
 from pawfinder.preprocessing.spec import Interpolation, PreprocessSpec
 
 #: Names the implementation of :func:`resize_and_crop`; change it when its output changes (it keys feature caches).
@@ -72,3 +74,12 @@ def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessSpec) -> np.
     if not images:
         return np.empty((0, 3, spec.crop_size, spec.crop_size), dtype=np.float32)
     return np.stack([preprocess(image, spec) for image in images])
+
+
+def preprocessed_batches(
+    paths: Sequence[str | Path], spec: PreprocessSpec, *, max_pixels: int, batch_size: int = 32
+) -> Iterator[np.ndarray]:
+    """The image files at ``paths`` decoded and preprocessed as serving does, ``batch_size`` at a time."""
+    for start in range(0, len(paths), batch_size):
+        images = [decode_image(Path(p), max_pixels=max_pixels).image for p in paths[start : start + batch_size]]
+        yield preprocess_batch(images, spec)
