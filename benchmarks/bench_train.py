@@ -6,8 +6,9 @@
 
 Prepares the data cache if needed (timed apart), trains the profile with ``ray_jobs.train.run_training`` on a local
 loopback Ray instance (the model registers as ``challenger``), then evaluates it on the test split through the
-serving code path. MLflow: the server at PAWFINDER_MLFLOW_TRACKING_URI if it answers, else a temporary one with its
-state under ``<PAWFINDER_HOME>/bench-mlflow``. Prints the machine and load with the figures.
+serving code path (and, when that model is int8, the run's float32 file too). MLflow: the server at
+PAWFINDER_MLFLOW_TRACKING_URI if it answers, else a temporary one with its state under
+``<PAWFINDER_HOME>/bench-mlflow``. Prints the machine and load with the figures.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow
 
 from pawfinder.data.prepare import manifest_path, prepare
+from pawfinder.evaluation import evaluate
+from pawfinder.inference import OnnxClassifier
 from pawfinder.settings import LOOPBACK, Settings
 from ray_jobs.config import PROFILE_NAMES, load_config
 from ray_jobs.train import run_training
@@ -78,6 +82,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def float32_test(run_id: str, settings: Settings) -> dict[str, Any]:
+    """Test top-1 overall and per variant of the run's float32 ONNX file (logged beside the served int8 one)."""
+    folder = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="onnx-fp32", tracking_uri=str(settings.mlflow_tracking_uri)
+    )
+    classifier = OnnxClassifier.from_path(Path(folder) / "model.onnx")
+    report = evaluate(classifier, settings.dataset_dir, "test", settings=settings).to_dict()
+    return {"top1": report["top1"], "per_variant": report["per_variant"]}
+
+
 def bench(settings: Settings, *, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Prepare (if needed), train, register and evaluate on test; returns every figure."""
     result: dict[str, Any] = {"machine_before": machine(), "profile": profile, "overrides": overrides}
@@ -92,6 +106,8 @@ def bench(settings: Settings, *, profile: str, overrides: dict[str, Any]) -> dic
         result["wall_seconds"] = time.perf_counter() - started
     evaluation = summary.pop("evaluation")
     result |= {"config": config.model_dump(mode="json"), "summary": summary, "test": evaluation}
+    if summary.get("quantized"):
+        result["test_fp32"] = float32_test(summary["run_id"], tracked)
     result["machine_after"] = machine()
     return result
 
@@ -108,8 +124,13 @@ def print_table(result: dict[str, Any]) -> None:
         *(f"  {variant}: top-1 {v['top1']:.4f} (n={v['n']})" for variant, v in test["per_variant"].items()),
         f"val top-1 {summary['val_top1']:.4f}; ECE {summary['val_ece_before']:.4f} -> {summary['val_ece_after']:.4f}"
         f" (T={summary['temperature']:.3f}); OOD threshold {summary['ood_threshold']:.3f}",
-        f"ONNX {summary['onnx_size_mb']:.1f} MB; registered as version {summary.get('model_version')}",
+        f"ONNX {summary['onnx_size_mb']:.1f} MB ({'int8' if summary.get('quantized') else 'float32'});"
+        f" registered as version {summary.get('model_version')}",
     ]
+    if "test_fp32" in result:
+        fp32 = result["test_fp32"]
+        lines.append(f"float32 file (onnx-fp32/): test top-1 {fp32['top1']:.4f}")
+        lines.extend(f"  {variant}: top-1 {v['top1']:.4f} (n={v['n']})" for variant, v in fp32["per_variant"].items())
     print("\n".join(lines))
 
 

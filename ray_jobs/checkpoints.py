@@ -18,7 +18,7 @@ Stage = Literal["head", "finetune"]
 @dataclass
 class TrainState:
     """Where training stands: ``stage`` finished last, fine-tuning ``epoch``s done, the best model so far (over both
-    stages) and the best fine-tuning val top-1 with the epochs since (early stopping)."""
+    stages), the best fine-tuning val top-1 with the epochs since (early stopping) and the weight average."""
 
     stage: Stage
     epoch: int
@@ -28,6 +28,7 @@ class TrainState:
     best_epoch: int
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
+    average: dict[str, torch.Tensor] | None = None
     best_finetune_accuracy: float = -1.0
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pawfinder.models.backbones import BACKBONES, default_spec
+from pawfinder.models.backbones import BACKBONES, check_frozen_stages, default_spec
 from pawfinder.preprocessing.spec import Augment, PreprocessSpec
 
 Profile = Literal["smoke", "quick", "full"]
@@ -37,17 +37,24 @@ class TrainConfig(BaseModel):
     head_weight_decay: float = Field(1e-4, ge=0)
     head_batch_size: int = Field(256, ge=1)
 
-    # Stage 2: fine-tune the whole network.
-    epochs: int = Field(14, ge=0, description="Fine-tuning epochs; 0 = head only.")
-    lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
+    # Stage 2: fine-tune the network but its first stages.
+    epochs: int = Field(12, ge=0, description="Fine-tuning epochs; 0 = head only.")
+    frozen_stages: int = Field(
+        3, ge=-1, description="The stem and this many stages after it stay frozen in fine-tuning; -1 = none."
+    )
+    lr: float = Field(2e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     batch_size: int = Field(32, ge=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     augment: Augment = "trivialaugment"
     random_erasing: float = Field(0.0, ge=0, le=1)
+    crop_scale: float = Field(0.25, gt=0, le=1, description="Smallest image-area share of a random train crop.")
     train_sizes: tuple[int, ...] = Field(
-        (160, 192), description="Progressive resizing: train crop per equal share of the epochs; () = eval crop."
+        (192, 224), description="Progressive resizing: train crop per equal share of the epochs; () = eval crop."
+    )
+    ema_decay: float = Field(
+        0.998, ge=0, lt=1, description="Per-step decay of the weight average evaluated and exported; 0 = last weights."
     )
     patience: int = Field(3, ge=1, description="Early stopping (last train size only): epochs without a better val.")
     freeze_batchnorm: bool = Field(
@@ -77,6 +84,7 @@ class TrainConfig(BaseModel):
     def _known_backbone(self) -> TrainConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        check_frozen_stages(self.backbone, self.frozen_stages)
         return self
 
     def eval_spec(self) -> PreprocessSpec:
@@ -119,9 +127,10 @@ PROFILES: dict[Profile, dict[str, Any]] = {
         "loader_workers": 0,
     },
     "quick": {
-        "epochs": 1,
+        "epochs": 2,
         "warmup_epochs": 0.3,
-        "train_sizes": (160,),
+        "train_sizes": (192,),
+        "ema_decay": 0.99,
     },
     "full": {},
 }

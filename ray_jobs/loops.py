@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -99,8 +99,10 @@ def train_epoch(
     *,
     channels_last: bool = False,
     frozen_batchnorm: bool = False,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
-    """One optimisation pass; the scheduler steps every batch. On GPU the forward runs in bfloat16 autocast."""
+    """One optimisation pass; the scheduler (then ``after_step``) runs every batch. On GPU the forward runs in
+    bfloat16 autocast."""
     model.train()
     if frozen_batchnorm:
         freeze_batchnorm_statistics(model)
@@ -115,6 +117,8 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         count += len(targets)

@@ -207,6 +207,10 @@ def main(
     freeze_batchnorm: bool | None = typer.Option(
         None, "--freeze-batchnorm/--train-batchnorm", help="Keep BatchNorm statistics fixed while fine-tuning."
     ),
+    frozen_stages: int | None = typer.Option(None, help="Stem + this many stages stay frozen (-1 = none)."),
+    augment: str | None = typer.Option(None, help="Train augmentation: trivialaugment, randaugment or none."),
+    crop_scale: float | None = typer.Option(None, help="Smallest image-area share of a random train crop."),
+    ema_decay: float | None = typer.Option(None, help="Per-step decay of the exported weight average (0 = off)."),
     limit_per_class: int | None = typer.Option(None, help="Cap on train/val images per breed."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained"),
     num_workers: int | None = typer.Option(None, help="Ray Train workers."),
@@ -240,6 +244,10 @@ def main(
             seed=settings.seed if seed is None else seed,
             patience=patience,
             freeze_batchnorm=freeze_batchnorm,
+            frozen_stages=frozen_stages,
+            augment=augment,
+            crop_scale=crop_scale,
+            ema_decay=ema_decay,
             limit_per_class=limit_per_class,
             pretrained=pretrained,
             num_workers=num_workers,

@@ -119,6 +119,37 @@ def test_unknown_backbone_lists_choices() -> None:
         build_model("resnet50")
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
+def test_frozen_stages_get_no_gradients_and_keep_their_statistics(backbone: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone, pretrained=False)
+    entry = get_backbone(backbone)
+    stages = entry.stages(model.trunk)
+    assert len(stages) == entry.num_stages + 1
+    stage_params = {id(p) for stage in stages for p in stage.parameters()}
+    assert len(stage_params) < len(list(model.trunk.parameters()))  # the trunk's last conv is no stage: never frozen
+    model.freeze_stages(3)
+    frozen = {id(p) for stage in stages[:4] for p in stage.parameters()}
+    assert all(p.requires_grad == (id(p) not in frozen) for p in model.parameters())
+    model.train()
+
+    def norms(modules: list[torch.nn.Module]) -> list[torch.nn.BatchNorm2d]:
+        return [m for module in modules for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    assert not any(m.training for m in norms(stages[:4]))
+    assert all(m.training for m in norms(stages[4:])) and model.head.training
+    before = [m.running_mean.clone() for m in norms(stages[:4])]
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms(stages[:4]), strict=True))
+    assert all(p.grad is None for stage in stages[:4] for p in stage.parameters())
+    assert all(p.grad is not None for p in stages[4].parameters())
+    with pytest.raises(ValueError, match="frozen stages must be -1 to"):
+        model.freeze_stages(entry.num_stages + 1)
+    unfrozen = build_model(backbone, pretrained=False)
+    unfrozen.freeze_stages(-1)
+    assert all(p.requires_grad for p in unfrozen.parameters())
+
+
 def test_head_trains_on_cached_features() -> None:
     """features() is the penultimate embedding; head(features) is exactly the eval-mode forward."""
     torch.manual_seed(0)

@@ -147,6 +147,8 @@ def test_train_transform_rejects_bad_options() -> None:
         train_transform(spec, augment="autoaugment")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="probability"):
         train_transform(spec, random_erasing=1.5)
+    with pytest.raises(ValueError, match="area share"):
+        train_transform(spec, crop_scale=0.0)
 
 
 def test_torch_free_modules_do_not_import_torch() -> None:

@@ -16,6 +16,7 @@ from pawfinder.breeds import LABELS, by_label
 from pawfinder.data.torch_dataset import ManifestDataset, split_frame
 from pawfinder.models.backbones import build_model
 from pawfinder.preprocessing.torch_ops import eval_transform
+from ray_jobs.averaging import WeightAverage
 from ray_jobs.checkpoints import TrainState, load_state, save_state
 from ray_jobs.config import PROFILES, TrainConfig, load_config
 from ray_jobs.features import cached_features, features_key
@@ -57,6 +58,8 @@ def test_profiles_and_overrides() -> None:
         load_config("full", backbone="resnet9000")
     with pytest.raises(ValidationError):
         load_config("full", epochs=-1)
+    with pytest.raises(ValidationError, match="frozen stages must be -1 to 7"):
+        load_config("full", frozen_stages=8)
 
 
 def test_progressive_resizing_and_eval_spec() -> None:
@@ -94,12 +97,14 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
         best_epoch=1,
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
+        average=model.state_dict(),
         history=[{"stage": "head", "epoch": 1, "val_accuracy": 0.4}],
         mlflow_runs={"head": "abc"},
     )
     restored = load_state(save_state(state, tmp_path / "ckpt").parent)
     assert restored.epoch == 2 and restored.history == state.history and restored.mlflow_runs == {"head": "abc"}
     torch.testing.assert_close(restored.model["weight"], model.weight.detach())
+    torch.testing.assert_close(restored.average["weight"], model.weight.detach())
     fresh = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=0.1)
     fresh_scheduler = warmup_cosine(fresh, total_steps=10, warmup_steps=2)
     fresh.load_state_dict(restored.optimizer)
@@ -198,3 +203,21 @@ def test_frozen_batchnorm_keeps_statistics_but_trains_weights() -> None:
     assert not torch.equal(batchnorm.weight.detach(), before_weight)
     train_epoch(model, batches, optimizer, scheduler, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
     assert not torch.equal(batchnorm.running_mean, before_mean)  # not frozen: statistics follow the batches
+
+
+def test_weight_average_follows_the_weights_and_copies_buffers() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.75)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+        model[1].running_mean.fill_(3.0)
+    average.update(model)
+    torch.testing.assert_close(average.model[0].weight, start + 1.0)  # a quarter of the way
+    torch.testing.assert_close(average.model[1].running_mean, torch.full((2,), 3.0))
+    assert not average.model.training and not any(p.requires_grad for p in average.model.parameters())
+    restored = WeightAverage(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), decay=0.75)
+    restored.load_state_dict(average.state_dict())
+    torch.testing.assert_close(restored.model[0].weight, average.model[0].weight)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)

@@ -8,6 +8,7 @@ torchvision's model with ImageNet weights from torchvision's download cache or a
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ class Backbone:
     create: Callable[[], nn.Module]
     load_weights: Callable[[nn.Module, Path | None], None]
     strip_classifier: Callable[[nn.Module], nn.Module]
+    stages: Callable[[nn.Module], list[nn.Module]]
+    """The trunk's stem and then its ``num_stages`` stages (one per output width), in input order."""
+    num_stages: int
 
 
 def load_state_by_position(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -104,6 +108,9 @@ def _efficientnet_lite(variant: int, resize_size: int, crop_size: int) -> Backbo
         model.reset_classifier(0)
         return model
 
+    def stages(model: nn.Module) -> list[nn.Module]:
+        return [nn.ModuleList([model.conv_stem, model.bn1]), *model.blocks]
+
     return Backbone(
         name=f"efficientnet_lite{variant}",
         spec=PreprocessSpec(
@@ -114,6 +121,8 @@ def _efficientnet_lite(variant: int, resize_size: int, crop_size: int) -> Backbo
         create=lambda: timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False),
         load_weights=load_weights,
         strip_classifier=strip_classifier,
+        stages=stages,
+        num_stages=7,
     )
 
 
@@ -144,6 +153,16 @@ def _mobilenet_v2_strip(model: nn.Module) -> nn.Module:
     return model
 
 
+#: ``features`` indices where the stem (0) and each MobileNetV2 stage (16, 24, 32, 64, 96, 160, 320 channels) start;
+#: the last one (18) is the final 1x1 conv, no stage.
+_MOBILENET_V2_STAGE_STARTS = (0, 1, 2, 4, 7, 11, 14, 17, 18)
+
+
+def _mobilenet_v2_stages(model: nn.Module) -> list[nn.Module]:
+    starts = _MOBILENET_V2_STAGE_STARTS
+    return [model.features[start:end] for start, end in itertools.pairwise(starts)]
+
+
 BACKBONES: dict[str, Backbone] = {
     backbone.name: backbone
     for backbone in (
@@ -160,6 +179,8 @@ BACKBONES: dict[str, Backbone] = {
             create=lambda: mobilenet_v2(weights=None),
             load_weights=_mobilenet_v2_load,
             strip_classifier=_mobilenet_v2_strip,
+            stages=_mobilenet_v2_stages,
+            num_stages=7,
         ),
     )
 }
@@ -171,6 +192,15 @@ def get_backbone(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}") from None
+
+
+def check_frozen_stages(backbone: str, count: int) -> None:
+    """A ``ValueError`` unless ``count`` is -1 (nothing frozen) up to the backbone's number of stages."""
+    stages = get_backbone(backbone).num_stages
+    if not -1 <= count <= stages:
+        raise ValueError(
+            f"{backbone} has a stem and {stages} stages: frozen stages must be -1 to {stages}, got {count}"
+        )
 
 
 def default_spec(backbone: str) -> PreprocessSpec:
@@ -201,6 +231,25 @@ class PawNet(nn.Module):
         self.head = nn.Linear(embedding_dim, num_classes)
         self.backbone_name = backbone_name
         self.embedding_dim = embedding_dim
+        self._frozen: list[nn.Module] = []
+
+    def freeze_stages(self, count: int) -> None:
+        """Freeze the stem and the first ``count`` stages after it (-1: nothing): no gradients, BatchNorm in eval mode.
+
+        The early, high-resolution stages hold generic features and most of the backward cost on CPU.
+        """
+        check_frozen_stages(self.backbone_name, count)
+        self._frozen = get_backbone(self.backbone_name).stages(self.trunk)[: count + 1]
+        for module in self._frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> PawNet:
+        """Like :meth:`nn.Module.train`, but frozen stages always stay in eval mode."""
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
     @property
     def num_classes(self) -> int:

@@ -34,19 +34,25 @@ def train_transform(
     crop_size: int | None = None,
     augment: Augment = "trivialaugment",
     random_erasing: float = 0.0,
+    crop_scale: float = 0.08,
 ) -> v2.Compose:
     """PIL image -> augmented float32 tensor: random resized crop, flip, TrivialAugmentWide/RandAugment, erasing.
 
-    ``crop_size`` overrides the spec's crop (e.g. a smaller train resolution); ``random_erasing`` is its probability.
+    ``crop_size`` overrides the spec's crop (e.g. a smaller train resolution); ``random_erasing`` is its probability;
+    ``crop_scale`` is the smallest share of the image's area a random crop covers.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTS)}")
     if not 0.0 <= random_erasing <= 1.0:
         raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing}")
+    if not 0.0 < crop_scale <= 1.0:
+        raise ValueError(f"crop_scale is an area share in (0, 1], got {crop_scale}")
     interpolation = _INTERPOLATION[spec.interpolation]
     steps: list[v2.Transform] = [
         v2.RGB(),
-        v2.RandomResizedCrop(crop_size or spec.crop_size, interpolation=interpolation, antialias=True),
+        v2.RandomResizedCrop(
+            crop_size or spec.crop_size, scale=(crop_scale, 1.0), interpolation=interpolation, antialias=True
+        ),
         v2.RandomHorizontalFlip(),
     ]
     if augment == "trivialaugment":
