@@ -18,7 +18,8 @@ Stage = Literal["head", "finetune"]
 @dataclass
 class TrainState:
     """Where training stands: ``stage`` finished last, fine-tuning ``epoch``s done, the best model so far (over both
-    stages), the best fine-tuning val top-1 with the epochs since (early stopping) and the weight average."""
+    stages), the best val top-1 at the last train size with the epochs since (early stopping) and the weight
+    average."""
 
     stage: Stage
     epoch: int

@@ -260,10 +260,11 @@ def finetune(
         metrics = {**epoch_metrics(train, val, lr), "train_size": float(config.train_size(epoch))}
         state.stage, state.epoch = "finetune", epoch + 1
         state.history.append({"stage": "finetune", "epoch": epoch + 1, **metrics})
-        if val.accuracy > state.best_finetune_accuracy:
-            state.best_finetune_accuracy, state.bad_epochs = val.accuracy, 0
-        else:
-            state.bad_epochs += 1
+        if config.may_stop_early(epoch):  # patience counts at the last train size only
+            if val.accuracy > state.best_finetune_accuracy:
+                state.best_finetune_accuracy, state.bad_epochs = val.accuracy, 0
+            else:
+                state.bad_epochs += 1
         if val.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_epoch = val.accuracy, epoch + 1
             state.best_model = detached(average.state_dict() if average is not None else model.state_dict())
