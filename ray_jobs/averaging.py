@@ -25,9 +25,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights (same architecture, unwrapped)."""
-        averaged = [p for p in self.model.parameters() if p.is_floating_point()]
-        current = [p.detach() for p in model.parameters() if p.is_floating_point()]
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+        current = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(list(self.model.parameters()), current, 1.0 - self.decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
 

@@ -10,9 +10,9 @@ biases), linear warm-up then cosine decay per step, label smoothing, BatchNorm s
 measured on this dataset), the augmentation of ``train_transform`` and progressive resizing
 (``TrainConfig.train_sizes``). An exponential moving average of the weights (``ema_decay``) is what val top-1 is
 measured on, at the eval resolution, every epoch, and what is exported. It stops early after ``patience`` epochs
-without a better fine-tuning val top-1, but only at the last train size (lower-resolution phases score lower at the
-eval resolution by design). The best model so far (the stage-1 one included) travels in every checkpoint and is the
-one exported.
+without a better val top-1 at the last train size (epochs at lower train sizes neither count nor set the bar: a
+lower-resolution phase scores differently at the eval resolution). The best model so far (the stage-1 one included)
+travels in every checkpoint and is the one exported.
 """
 
 from __future__ import annotations
@@ -265,11 +265,11 @@ def finetune(
                 state.best_finetune_accuracy, state.bad_epochs = val.accuracy, 0
             else:
                 state.bad_epochs += 1
-        if val.accuracy > state.best_accuracy:
-            state.best_accuracy, state.best_epoch = val.accuracy, epoch + 1
-            state.best_model = detached(average.state_dict() if average is not None else model.state_dict())
         state.model = detached(model.state_dict())
         state.average = detached(average.state_dict()) if average is not None else None
+        if val.accuracy > state.best_accuracy:
+            state.best_accuracy, state.best_epoch = val.accuracy, epoch + 1
+            state.best_model = state.average if state.average is not None else state.model
         state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
         logger.metrics({**metrics, "best_val_accuracy": state.best_accuracy}, step=epoch + 1)
         _say(
