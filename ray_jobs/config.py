@@ -56,7 +56,9 @@ class TrainConfig(BaseModel):
     ema_decay: float = Field(
         0.999, ge=0, lt=1, description="Per-step decay of the weight average evaluated and exported; 0 = last weights."
     )
-    patience: int = Field(3, ge=1, description="Early stopping (last train size only): epochs without a better val.")
+    patience: int = Field(
+        3, ge=1, description="Early stopping (last train size only): epochs without a lower val loss."
+    )
     freeze_batchnorm: bool = Field(
         True, description="Keep BatchNorm running statistics at their ImageNet values during fine-tuning."
     )

@@ -2,8 +2,8 @@
 
 Ray Train V2 + Tune: each trial is a function trainable that runs a complete ``TorchTrainer`` (the same one as
 ``ray_jobs.train``); the workers' per-epoch metrics reach Tune through ``TuneReportCallback``. Every trial is an
-MLflow child run of one search run; the search optimises ``best_val_accuracy`` (the validation split, never test)
-and registers nothing: train the winner with ``python -m ray_jobs.train --lr ... --epochs ...``.
+MLflow child run of one search run; the search optimises ``best_val_accuracy`` (val top-1 of the model each trial
+selects; never test) and registers nothing: train the winner with ``python -m ray_jobs.train --lr ... --epochs ...``.
 """
 
 from __future__ import annotations

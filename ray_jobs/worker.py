@@ -16,7 +16,7 @@ from pawfinder.models.backbones import build_model
 from pawfinder.settings import Settings
 from ray_jobs.checkpoints import TrainState, load_state, save_state
 from ray_jobs.config import TrainConfig
-from ray_jobs.stages import finetune, train_head
+from ray_jobs.stages import best_metrics, finetune, train_head
 from ray_jobs.tracking import StageLogger
 
 
@@ -73,7 +73,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         head_logger.finish()
         if head_logger.run_id:
             state.mlflow_runs["head"] = head_logger.run_id
-        _report({"epoch": 0.0, "best_val_accuracy": state.best_accuracy, "resumed_from_epoch": -1.0}, state)
+        _report({**best_metrics(state), "epoch": 0.0, "resumed_from_epoch": -1.0}, state)
 
     logger = StageLogger.open(
         tracking_uri,
