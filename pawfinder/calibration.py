@@ -71,6 +71,12 @@ def fit_temperature(
     return float(math.exp((lo + hi) / 2.0))
 
 
+def calibrated_nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """NLL at the temperature fitted on these logits: how well the model ranks and separates classes once calibrated,
+    independent of its confidence scale (a fair way to compare models that are all served calibrated)."""
+    return negative_log_likelihood(logits, labels, fit_temperature(logits, labels))
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE: confidence-weighted gap between accuracy and mean confidence over ``n_bins`` equal bins.
 

@@ -18,9 +18,9 @@ Stage = Literal["head", "finetune"]
 
 @dataclass
 class TrainState:
-    """Where training stands: ``stage`` finished last, fine-tuning ``epoch``s done, the best model so far (lowest val
-    loss over both stages, with its val top-1 and epoch), the lowest val loss at the last train size with the epochs
-    since (early stopping) and the weight average."""
+    """Where training stands: ``stage`` finished last, fine-tuning ``epoch``s done, the best model so far (lowest
+    calibrated val NLL over both stages, with its val top-1 and epoch), the lowest calibrated val NLL at the last train
+    size with the epochs since (early stopping) and the weight average."""
 
     stage: Stage
     epoch: int
@@ -31,8 +31,8 @@ class TrainState:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     average: dict[str, torch.Tensor] | None = None
-    best_loss: float = math.inf
-    best_finetune_loss: float = math.inf
+    best_nll: float = math.inf
+    best_finetune_nll: float = math.inf
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_runs: dict[str, str] = field(default_factory=dict)

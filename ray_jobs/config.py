@@ -57,7 +57,7 @@ class TrainConfig(BaseModel):
         0.999, ge=0, lt=1, description="Per-step decay of the weight average evaluated and exported; 0 = last weights."
     )
     patience: int = Field(
-        3, ge=1, description="Early stopping (last train size only): epochs without a lower val loss."
+        3, ge=1, description="Early stopping (last train size only): epochs without a lower calibrated val NLL."
     )
     freeze_batchnorm: bool = Field(
         True, description="Keep BatchNorm running statistics at their ImageNet values during fine-tuning."

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pawfinder.calibration import calibrated_nll
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -30,11 +32,43 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class EvalStats(EpochStats):
+    """An evaluation pass, with the NLL at the temperature fitted to it (``pawfinder.calibration.calibrated_nll``):
+    what models are compared by."""
+
+    calibrated_nll: float
+
+
 def world() -> tuple[int, int]:
     """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every worker's ``tensor`` in rank order (identity on one worker)."""
+    size = world()[1]
+    if size == 1:
+        return tensor
+    parts: list[torch.Tensor | None] = [None] * size
+    dist.all_gather_object(parts, tensor)
+    return torch.cat([p for p in parts if p is not None])
+
+
+def eval_stats(logits: torch.Tensor, targets: torch.Tensor, criterion: nn.Module, seconds: float) -> EvalStats:
+    """Loss, top-1 and calibrated NLL of the complete (already gathered) eval ``logits``."""
+    if len(targets) == 0:
+        raise ValueError("no images in this pass: the split is empty or smaller than the number of workers")
+    logits, targets = logits.float().cpu(), targets.cpu()
+    return EvalStats(
+        loss=criterion(logits, targets).item(),
+        accuracy=(logits.argmax(1) == targets).float().mean().item(),
+        images=len(targets),
+        seconds=seconds,
+        calibrated_nll=calibrated_nll(logits.numpy(), targets.numpy()),
+    )
 
 
 def sum_over_workers(values: list[float], device: torch.device) -> list[float]:
@@ -128,19 +162,18 @@ def train_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, batches: Batches, criterion: nn.Module, device: torch.device, *, channels_last: bool = False
-) -> EpochStats:
-    """Loss and top-1 of ``model`` in eval mode over this worker's ``batches``, summed over workers."""
+) -> EvalStats:
+    """Loss, top-1 and calibrated NLL of ``model`` in eval mode over all workers' ``batches``."""
     model.eval()
     start = time.perf_counter()
-    loss_sum = correct = count = 0.0
-    for images, targets in batches:
-        images, targets = _to_device(images, device, channels_last), targets.to(device, non_blocking=True)
+    logits, targets = [], []
+    for images, labels in batches:
         with _autocast(device):
-            logits = model(images).float()
-        loss_sum += criterion(logits, targets).item() * len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
-        count += len(targets)
-    return _stats(loss_sum, correct, count, time.perf_counter() - start, device)
+            logits.append(model(_to_device(images, device, channels_last)).float().cpu())
+        targets.append(labels)
+    all_logits = gather(torch.cat(logits) if logits else torch.empty(0))
+    all_targets = gather(torch.cat(targets) if targets else torch.empty(0, dtype=torch.int64))
+    return eval_stats(all_logits, all_targets, criterion, time.perf_counter() - start)
 
 
 def _stats(loss_sum: float, correct: float, count: float, seconds: float, device: torch.device) -> EpochStats:

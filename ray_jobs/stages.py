@@ -2,19 +2,20 @@
 
 Stage 1 (``head``): the ImageNet trunk is frozen; its features of the train and val images are computed once
 (cached on disk, each worker its shard, then gathered) and a linear head is trained on them with AdamW and label
-smoothing; the head with the lowest val loss is kept.
+smoothing; the head with the lowest calibrated val NLL is kept.
 Stage 2 (``finetune``): the network is trained except its stem and first ``frozen_stages`` stages (generic
 features; skipping their backward makes an epoch about twice as fast on CPU), with AdamW (no decay on norms and
 biases), linear warm-up then cosine decay per step, label smoothing, BatchNorm statistics kept at their ImageNet values
 (``freeze_batchnorm``: statistics of small, augmented batches at a lower resolution wreck the eval-time features;
 measured on this dataset), the augmentation of ``train_transform`` and progressive resizing
 (``TrainConfig.train_sizes``). An exponential moving average of the weights (``ema_decay``) is what val is
-measured on, at the eval resolution, every epoch, and what is exported. Models are compared by val loss, not top-1:
-on the 551 val images one image moves top-1 by 0.18 points, and picking epochs by top-1 kept choosing earlier models
-that were worse on test, while the loss moves smoothly (measured: docs/benchmarks.md). It stops early after
-``patience`` epochs without a lower val loss at the last train size (epochs at lower train sizes neither count nor set
-the bar: a lower-resolution phase scores differently at the eval resolution). The best model so far (the stage-1 one
-included) travels in every checkpoint and is the one exported.
+measured on, at the eval resolution, every epoch, and what is exported. Models are compared by their calibrated
+val NLL (the NLL at the temperature fitted to them, as they will be served), not by top-1 or the raw loss: on the 551
+val images one image moves top-1 by 0.18 points and picking epochs by it kept choosing earlier models that were worse
+on test; the raw loss also moves with the confidence scale, which changes with the train resolution (measured:
+docs/benchmarks.md). It stops early after ``patience`` epochs without a lower calibrated NLL at the last train size
+(epochs at lower train sizes neither count nor set the bar: a lower-resolution phase scores differently at the eval
+resolution). The best model so far (the stage-1 one included) travels in every checkpoint and is the one exported.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import pandas as pd
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -42,21 +42,11 @@ from ray_jobs.averaging import WeightAverage
 from ray_jobs.checkpoints import TrainState, detached
 from ray_jobs.config import TrainConfig
 from ray_jobs.features import cached_features, features_key
-from ray_jobs.loops import EpochStats, evaluate, train_epoch, warmup_cosine, world
+from ray_jobs.loops import EpochStats, EvalStats, eval_stats, evaluate, gather, train_epoch, warmup_cosine, world
 from ray_jobs.tracking import StageLogger
 
 #: Called after every checkpointable step with the metrics and the state to save.
 Reporter = Callable[[dict[str, float], TrainState], None]
-
-
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every worker's ``tensor`` in rank order (identity on one worker)."""
-    size = world()[1]
-    if size == 1:
-        return tensor
-    parts: list[torch.Tensor | None] = [None] * size
-    dist.all_gather_object(parts, tensor)
-    return torch.cat([p for p in parts if p is not None])
 
 
 def _say(message: str) -> None:
@@ -84,16 +74,14 @@ def _features(
         device,
         loader_workers=config.loader_workers,
     )
-    return _gather(features).to(device), _gather(targets).to(device)
+    return gather(features).to(device), gather(targets).to(device)
 
 
 @torch.no_grad()
-def _head_eval(head: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module) -> EpochStats:
+def _head_eval(head: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module) -> EvalStats:
     head.eval()
     start = time.perf_counter()
-    logits = head(x)
-    correct = (logits.argmax(1) == y).float().mean().item()
-    return EpochStats(criterion(logits, y).item(), correct, len(y), time.perf_counter() - start)
+    return eval_stats(head(x), y, criterion, time.perf_counter() - start)
 
 
 def train_head(
@@ -139,12 +127,12 @@ def train_head(
         metrics = epoch_metrics(train, val, lr)
         logger.metrics(metrics, step=epoch + 1)
         state.history.append({"stage": "head", "epoch": epoch + 1, **metrics})
-        if val.loss < state.best_loss:
-            state.best_loss, state.best_accuracy = val.loss, val.accuracy
+        if val.calibrated_nll < state.best_nll:
+            state.best_nll, state.best_accuracy = val.calibrated_nll, val.accuracy
             best_head = detached(model.head.state_dict())
     model.head.load_state_dict(best_head)
     _say(
-        f"stage 1: head trained for {config.head_epochs} epochs, best val loss {state.best_loss:.3f} "
+        f"stage 1: head trained for {config.head_epochs} epochs, best calibrated val NLL {state.best_nll:.3f} "
         f"(top-1 {state.best_accuracy:.4f})"
     )
     state.model = detached(model.state_dict())
@@ -154,16 +142,17 @@ def train_head(
 
 
 def best_metrics(state: TrainState) -> dict[str, float]:
-    """Val loss and top-1 of the best model so far."""
-    return {"best_val_loss": state.best_loss, "best_val_accuracy": state.best_accuracy}
+    """Calibrated val NLL and top-1 of the best model so far."""
+    return {"best_val_nll_calibrated": state.best_nll, "best_val_accuracy": state.best_accuracy}
 
 
-def epoch_metrics(train: EpochStats, val: EpochStats, lr: float) -> dict[str, float]:
+def epoch_metrics(train: EpochStats, val: EvalStats, lr: float) -> dict[str, float]:
     """The per-epoch metrics logged to MLflow and reported to Ray."""
     return {
         "train_loss": train.loss,
         "train_accuracy": train.accuracy,
         "val_loss": val.loss,
+        "val_nll_calibrated": val.calibrated_nll,
         "val_accuracy": val.accuracy,
         "lr": lr,
         "images_per_s": train.images_per_s,
@@ -272,21 +261,22 @@ def finetune(
         state.stage, state.epoch = "finetune", epoch + 1
         state.history.append({"stage": "finetune", "epoch": epoch + 1, **metrics})
         if config.may_stop_early(epoch):  # patience counts at the last train size only
-            if val.loss < state.best_finetune_loss:
-                state.best_finetune_loss, state.bad_epochs = val.loss, 0
+            if val.calibrated_nll < state.best_finetune_nll:
+                state.best_finetune_nll, state.bad_epochs = val.calibrated_nll, 0
             else:
                 state.bad_epochs += 1
         state.model = detached(model.state_dict())
         state.average = detached(average.state_dict()) if average is not None else None
-        if val.loss < state.best_loss:
-            state.best_loss, state.best_accuracy, state.best_epoch = val.loss, val.accuracy, epoch + 1
+        if val.calibrated_nll < state.best_nll:
+            state.best_nll, state.best_accuracy, state.best_epoch = val.calibrated_nll, val.accuracy, epoch + 1
             state.best_model = state.average if state.average is not None else state.model
         state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
         logger.metrics({**metrics, **best_metrics(state)}, step=epoch + 1)
         _say(
             f"stage 2: epoch {epoch + 1}/{config.epochs} at {config.train_size(epoch)}px: "
             f"train loss {train.loss:.3f} top-1 {train.accuracy:.4f}, "
-            f"val loss {val.loss:.3f} top-1 {val.accuracy:.4f}, {train.images_per_s:.1f} img/s, "
+            f"val loss {val.loss:.3f} calibrated NLL {val.calibrated_nll:.3f} top-1 {val.accuracy:.4f}, "
+            f"{train.images_per_s:.1f} img/s, "
             f"{train.seconds + val.seconds:.0f}s"
         )
         report({**metrics, **best_metrics(state), "epoch": float(epoch + 1)}, state)

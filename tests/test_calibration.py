@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pawfinder.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
+from pawfinder.calibration import (
+    calibrated_nll,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -39,6 +44,19 @@ def test_temperature_lowers_nll_and_ece_of_an_overconfident_model(calibrated: tu
     assert before > 0.1
     assert after < 0.02
     assert negative_log_likelihood(overconfident, labels, temperature) < negative_log_likelihood(overconfident, labels)
+
+
+def test_calibrated_nll_ignores_the_confidence_scale_but_not_the_ranking(
+    calibrated: tuple[np.ndarray, np.ndarray],
+) -> None:
+    logits, labels = calibrated
+    reference = calibrated_nll(logits, labels)
+    assert reference == pytest.approx(negative_log_likelihood(logits, labels), rel=1e-3)
+    for scale in (0.4, 2.5):  # under- and over-confident copies of the same model score the same once calibrated
+        assert calibrated_nll(logits * scale, labels) == pytest.approx(reference, rel=1e-3)
+        assert negative_log_likelihood(logits * scale, labels) > reference + 0.05
+    noisy = logits + np.random.default_rng(1).normal(scale=2.0, size=logits.shape)  # a worse model
+    assert calibrated_nll(noisy, labels) > reference + 0.05
 
 
 def test_fit_temperature_stays_within_bounds() -> None:

@@ -70,6 +70,13 @@ def test_training_logs_everything_registers_challenger_and_survives_a_killed_wor
     for key in ("train_loss", "train_accuracy", "val_loss", "lr", "images_per_s"):
         assert key in children["finetune"].data.metrics
     assert children["head"].data.metrics["val_accuracy"] > 0
+    # The exported model has the lowest calibrated val NLL: the stage-1 head (epoch 0) or a fine-tuning epoch.
+    nll = {0: children["head"].data.metrics["best_val_nll_calibrated"]}
+    history = client.get_metric_history(children["finetune"].info.run_id, "val_nll_calibrated")
+    nll |= {m.step: m.value for m in history}
+    assert sorted(nll) == [0, 1, 2, 3]
+    assert summary["best_epoch"] == min(nll, key=nll.__getitem__)
+    assert children["finetune"].data.metrics["best_val_nll_calibrated"] == pytest.approx(min(nll.values()))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     expected = {
         "confusion_matrix.png",
