@@ -1,4 +1,5 @@
-"""One epoch of training or evaluation, data-parallel aware: metrics are summed over all workers."""
+"""One epoch of training or evaluation, data-parallel aware: training metrics are summed over all workers, eval logits
+gathered from them."""
 
 from __future__ import annotations
 
